@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Draw truth and/or predicted masks over a case-day's scans, and plot training curves.
+
+Examples:
+    python tools/visualize.py --data-root data/phantom --case-day case2_day1 \\
+        --truth data/phantom/train.csv --out pictures/
+    python tools/visualize.py --data-root data/phantom --split test --case-day case7_day0 \\
+        --truth data/phantom/test_truth.csv --pred submission.csv --gif --out pictures/
+    python tools/visualize.py --metrics output/metrics.json --out pictures/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from uwm_d2.cli import run_main
+from uwm_d2.core.errors import UWMInputError
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for the pictures")
+    parser.add_argument("--data-root", type=Path, help="competition-layout data root")
+    parser.add_argument("--split", default="train", help="train or test (default: train)")
+    parser.add_argument("--case-day", help="the scan session to draw, e.g. case12_day3")
+    parser.add_argument("--truth", type=Path, help="label CSV (id,class,segmentation)")
+    parser.add_argument("--pred", type=Path, help="submission CSV (id,class,predicted)")
+    parser.add_argument("--slices", type=int, default=8, help="slices in the montage (default 8)")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF through z")
+    parser.add_argument("--metrics", type=Path, help="metrics.json to plot as training curves")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    from uwm_d2 import visualization
+
+    if not args.metrics and not args.case_day:
+        raise UWMInputError("nothing to draw: give --case-day (with --data-root) or --metrics")
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if args.case_day:
+        if args.data_root is None:
+            raise UWMInputError("--case-day needs --data-root")
+        written += visualization.render_case_day(
+            args.data_root,
+            args.case_day,
+            args.out,
+            args.split,
+            args.truth,
+            args.pred,
+            args.slices,
+            args.gif,
+        )
+    if args.metrics:
+        if not args.metrics.is_file():
+            raise UWMInputError(f"metrics file {str(args.metrics)!r} does not exist")
+        written.append(
+            visualization.plot_training_curves(args.metrics, args.out / "training_curves.png")
+        )
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

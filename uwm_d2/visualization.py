@@ -1,0 +1,252 @@
+"""Pictures people would rather look at than read: mask overlays, slice montages, GIFs, curves.
+
+No torch here: overlays take numpy masks (truth decoded from a CSV, predictions from a submission),
+so the same pictures serve the phantom demo, a validation fold or a Kaggle submission.
+Truth is drawn as a translucent fill, predictions as outlines, one colour per organ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from uwm_d2.core.atomic import atomic_path
+from uwm_d2.core.ids import CLASSES
+from uwm_d2.core.io import normalize_intensity
+
+#: One RGB colour per organ, in CLASSES order; chosen to stay distinct for colour-blind readers.
+CLASS_COLORS: dict[str, tuple[int, int, int]] = {
+    "large_bowel": (230, 159, 0),  # orange
+    "small_bowel": (86, 180, 233),  # sky blue
+    "stomach": (204, 121, 167),  # reddish purple
+}
+_TRUTH_ALPHA = 0.45
+
+
+def _matplotlib():
+    """Import pyplot with a file-only backend (no screen on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def overlay(
+    scan: np.ndarray, truth: np.ndarray | None = None, prediction: np.ndarray | None = None
+) -> np.ndarray:
+    """Draw masks on a scan.
+
+    Args:
+        scan: ``(H, W)`` 16-bit scan; shown with the project's percentile window.
+        truth: ``(3, H, W)`` masks drawn as translucent fills, or ``None``.
+        prediction: ``(3, H, W)`` masks drawn as outlines, or ``None``.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+    """
+    gray = (normalize_intensity(scan) * 255).astype(np.uint8)
+    canvas = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32)
+    for class_index, class_name in enumerate(CLASSES):
+        color = np.array(CLASS_COLORS[class_name], dtype=np.float32)
+        if truth is not None and truth[class_index].any():
+            region = truth[class_index].astype(bool)
+            canvas[region] = (1 - _TRUTH_ALPHA) * canvas[region] + _TRUTH_ALPHA * color
+    image = np.clip(canvas, 0, 255).astype(np.uint8)
+    if prediction is not None:
+        for class_index, class_name in enumerate(CLASSES):
+            mask = prediction[class_index].astype(np.uint8)
+            if mask.any():
+                contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+                cv2.drawContours(image, contours, -1, CLASS_COLORS[class_name], 1)
+    return image
+
+
+def choose_slices(masks: np.ndarray | None, depth: int, count: int) -> list[int]:
+    """Pick ``count`` slice indices of a ``(D, 3, H, W)`` stack, spread over the organs' z range."""
+    if masks is not None and masks.any():
+        present = np.flatnonzero(masks.reshape(depth, -1).any(axis=1))
+        low, high = int(present[0]), int(present[-1])
+    else:
+        low, high = 0, depth - 1
+    return sorted({round(float(z)) for z in np.linspace(low, high, num=min(count, depth))})
+
+
+def save_montage(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    columns: int = 4,
+) -> Path:
+    """Save overlay images in a grid with an organ legend (truth = fill, prediction = outline)."""
+    plt = _matplotlib()
+    from matplotlib.patches import Patch
+
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(3 * columns, 3.2 * rows + 0.8), squeeze=False, layout="constrained"
+    )
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, image, label in zip(axes.ravel(), images, titles, strict=False):
+        axis.imshow(image)
+        axis.set_title(label, fontsize=9)
+    handles = [
+        Patch(color=np.array(CLASS_COLORS[name]) / 255, label=name.replace("_", " "))
+        for name in CLASSES
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(CLASSES), frameon=False)
+    figure.suptitle(title + "   (fill = truth, outline = prediction)", fontsize=10)
+    with atomic_path(path) as tmp_path:
+        figure.savefig(tmp_path, format="png", dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int = 8) -> Path:
+    """Save RGB frames as an animated GIF (a walk through z)."""
+    from PIL import Image
+
+    pictures = [Image.fromarray(frame) for frame in frames]
+    with atomic_path(path) as tmp_path:
+        pictures[0].save(
+            tmp_path,
+            format="GIF",
+            save_all=True,
+            append_images=pictures[1:],
+            duration=int(1000 / fps),
+            loop=0,
+        )
+    return Path(path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Read detectron2's ``metrics.json`` (JSON lines; later rows win per iteration)."""
+    rows: dict[int, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(int(row.get("iteration", -1)), {}).update(row)
+    return [rows[iteration] for iteration in sorted(rows)]
+
+
+def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Plot losses (left) and the validation ``uwm/score`` (right) against the iteration."""
+    plt = _matplotlib()
+    rows = read_metrics(metrics_path)
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_keys = sorted({key for row in rows for key in row if "loss" in key})
+    for key in loss_keys:
+        points = [(row["iteration"], row[key]) for row in rows if key in row]
+        if points:
+            iterations, values = zip(*points, strict=True)
+            style = "--" if key.startswith("validation") else "-"
+            width = 2.0 if key in ("total_loss", "validation_loss") else 1.0
+            loss_axis.plot(iterations, values, style, label=key, linewidth=width)
+    loss_axis.set_xlabel("iteration")
+    loss_axis.set_ylabel("loss")
+    loss_axis.set_title("training losses")
+    if loss_keys:
+        loss_axis.legend(fontsize=7)
+    score_keys = [key for key in ("uwm/score", "uwm/dice", "uwm/hausdorff") if rows]
+    for key in score_keys:
+        points = [(row["iteration"], row[key]) for row in rows if key in row]
+        if points:
+            iterations, values = zip(*points, strict=True)
+            score_axis.plot(iterations, values, "o-", label=key)
+    score_axis.set_xlabel("iteration")
+    score_axis.set_ylim(0, 1)
+    score_axis.set_title("validation (competition score)")
+    score_axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp_path:
+        figure.savefig(tmp_path, format="png", dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def _masks_from_csv(
+    csv_path: str | os.PathLike, scans, value_column: str
+) -> np.ndarray:  # (D, 3, H, W)
+    """Decode one case-day's rows of a label or submission CSV into a ``(D, 3, H, W)`` stack."""
+    from uwm_d2.core.layout import read_label_csv, read_prediction_csv
+    from uwm_d2.core.rle import rle_decode
+
+    if value_column == "predicted":
+        frame = read_prediction_csv(csv_path)
+    else:
+        frame = read_label_csv(csv_path, value_column)
+    height, width = int(scans["height"].iloc[0]), int(scans["width"].iloc[0])
+    position = {slice_id: index for index, slice_id in enumerate(scans["id"])}
+    class_index = {name: index for index, name in enumerate(CLASSES)}
+    masks = np.zeros((len(scans), len(CLASSES), height, width), dtype=bool)
+    rows = frame[frame["id"].isin(position)]
+    for slice_id, class_name, rle in rows.itertuples(index=False):
+        try:
+            decoded = rle_decode(rle, (height, width))
+        except ValueError as error:
+            from uwm_d2.core.errors import UWMInputError
+
+            raise UWMInputError(f"{csv_path}: row {slice_id} {class_name}: {error}") from None
+        masks[position[slice_id], class_index[class_name]] = decoded.astype(bool)
+    return masks
+
+
+def render_case_day(
+    data_root: str | os.PathLike,
+    case_day: str,
+    out_dir: str | os.PathLike,
+    split: str = "train",
+    truth_csv: str | os.PathLike | None = None,
+    pred_csv: str | os.PathLike | None = None,
+    num_slices: int = 8,
+    gif: bool = False,
+) -> list[Path]:
+    """Write ``<case_day>_montage.png`` (and ``<case_day>.gif``) into ``out_dir``.
+
+    Raises:
+        UWMInputError: the case-day has no scans under ``data_root/split``; a CSV is malformed.
+    """
+    from uwm_d2.core.errors import UWMInputError
+    from uwm_d2.core.io import read_scan
+    from uwm_d2.core.layout import index_scans
+
+    root = Path(data_root)
+    scans = index_scans(root, split)
+    scans = scans[scans["case_day"] == case_day].reset_index(drop=True)
+    if scans.empty:
+        raise UWMInputError(f"no scans for case-day {case_day!r} under {str(root / split)!r}")
+    truth = _masks_from_csv(truth_csv, scans, "segmentation") if truth_csv else None
+    prediction = _masks_from_csv(pred_csv, scans, "predicted") if pred_csv else None
+    guide = truth if truth is not None else prediction
+    chosen = choose_slices(guide, len(scans), num_slices)
+
+    def frame(index: int) -> np.ndarray:
+        scan = read_scan(root / scans["path"][index])
+        return overlay(
+            scan,
+            None if truth is None else truth[index],
+            None if prediction is None else prediction[index],
+        )
+
+    out = Path(out_dir)
+    written = [
+        save_montage(
+            [frame(index) for index in chosen],
+            [f"slice {int(scans['slice'][index])}" for index in chosen],
+            out / f"{case_day}_montage.png",
+            title=case_day,
+        )
+    ]
+    if gif:
+        written.append(
+            save_gif([frame(index) for index in range(len(scans))], out / f"{case_day}.gif")
+        )
+    return written
