@@ -18,9 +18,14 @@ CLASSES: tuple[str, str, str] = ("large_bowel", "small_bowel", "stomach")
 #: Slice thickness in millimetres; the file names carry only the in-plane spacing.
 SLICE_THICKNESS_MM = 3.0
 
-_SLICE_ID_RE = re.compile(r"case(\d{1,6})_day(\d{1,6})_slice_(\d{4})")
-_CASE_DAY_RE = re.compile(r"case(\d{1,6})_day(\d{1,6})")
-_SCAN_NAME_RE = re.compile(r"slice_(\d{4})_(\d{1,5})_(\d{1,5})_(\d+\.\d+)_(\d+\.\d+)\.png")
+# re.ASCII: a str pattern's \d otherwise matches any Unicode digit ("case\u0661" would parse as
+# case 1). Case and day numbers have no leading zeros, so every accepted id formats back to itself.
+_NUMBER = r"(0|[1-9]\d{0,5})"
+_SLICE_ID_RE = re.compile(rf"case{_NUMBER}_day{_NUMBER}_slice_(\d{{4}})", re.ASCII)
+_CASE_DAY_RE = re.compile(rf"case{_NUMBER}_day{_NUMBER}", re.ASCII)
+_SCAN_NAME_RE = re.compile(
+    r"slice_(\d{4})_(\d{1,5})_(\d{1,5})_(\d+\.\d+)_(\d+\.\d+)\.png", re.ASCII
+)
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,401 @@
+"""Tests of the competition metric and clinical figures (uwm_d2.core.metrics).
+
+The fast Hausdorff is checked against a brute-force reference built from
+``scipy.spatial.distance.directed_hausdorff`` on every foreground voxel; that reference lives here
+(and in the benchmark), never in the package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from scipy.spatial.distance import cdist, directed_hausdorff
+
+from uwm_d2.core.metrics import (
+    DEFAULT_SPACING_MM,
+    dice_3d,
+    dice_coefficient,
+    hausdorff_distance,
+    hd95_mm,
+    normalized_hausdorff,
+    score_volumes,
+)
+
+
+def brute_force_hausdorff(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None = None
+) -> float:
+    """Reference: symmetric Hausdorff over all foreground voxel coordinates, both directions."""
+    scale = np.asarray(spacing if spacing is not None else (1.0,) * pred.ndim, dtype=np.float64)
+    p = np.argwhere(pred).astype(np.float64) * scale
+    g = np.argwhere(truth).astype(np.float64) * scale
+    return max(directed_hausdorff(p, g)[0], directed_hausdorff(g, p)[0])
+
+
+def brute_force_hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Reference HD95: surfaces by explicit 6-neighbour checks, all-pairs distances, percentiles."""
+
+    def surface(mask: np.ndarray) -> np.ndarray:
+        padded = np.pad(mask, 1)
+        inner = padded[1:-1, 1:-1, 1:-1].copy()
+        for axis in range(3):
+            for shift in (-1, 1):
+                inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(mask & ~inner).astype(np.float64) * np.asarray(spacing)
+
+    sp, sg = surface(pred), surface(truth)
+    distances = cdist(sp, sg)
+    return float(
+        max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
+    )
+
+
+def _random_volume(rng: np.random.Generator, shape: tuple[int, ...], density: float) -> np.ndarray:
+    volume = rng.random(shape) < density
+    if not volume.any():
+        volume[tuple(rng.integers(0, side) for side in shape)] = True
+    return volume
+
+
+# ---------------------------------------------------------------- Dice
+
+
+def test_dice_hand_computed() -> None:
+    pred = np.array([[1, 1, 0, 0]], dtype=bool)
+    truth = np.array([[0, 1, 1, 1]], dtype=bool)
+    assert dice_coefficient(pred, truth) == pytest.approx(2 * 1 / (2 + 3))
+    assert dice_coefficient(truth, truth) == 1.0
+
+
+def test_dice_empty_rules() -> None:
+    empty = np.zeros((4, 5), dtype=bool)
+    some = empty.copy()
+    some[1, 2] = True
+    assert dice_coefficient(empty, empty) == 1.0
+    assert dice_coefficient(some, empty) == 0.0
+    assert dice_coefficient(empty, some) == 0.0
+
+
+def test_dice_accepts_numeric_masks_and_checks_shapes() -> None:
+    assert dice_coefficient(np.array([[0, 255]]), np.array([[0.0, 1.0]])) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        dice_coefficient(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_dice_3d() -> None:
+    pred = np.zeros((3, 4, 4), dtype=bool)
+    truth = np.zeros((3, 4, 4), dtype=bool)
+    assert dice_3d(pred, truth) == 1.0
+    pred[0, :2, :2] = True  # 4 voxels
+    truth[0, :2, :1] = True  # 2 voxels, both inside pred
+    truth[2, 3, 3] = True  # 1 more
+    assert dice_3d(pred, truth) == pytest.approx(2 * 2 / (4 + 3))
+    with pytest.raises(ValueError):
+        dice_3d(np.zeros((4, 4)), np.zeros((4, 4)))
+
+
+# ---------------------------------------------------------------- Hausdorff
+
+
+def test_hausdorff_hand_computed() -> None:
+    pred = np.zeros((2, 5, 6), dtype=bool)
+    truth = np.zeros((2, 5, 6), dtype=bool)
+    pred[0, 0, 0] = True
+    truth[0, 3, 4] = True  # 3-4-5 triangle
+    assert hausdorff_distance(pred, truth) == 5.0
+    assert hausdorff_distance(pred, truth, spacing=(3.0, 2.0, 1.0)) == pytest.approx(
+        math.hypot(6.0, 4.0)
+    )
+    assert normalized_hausdorff(pred, truth) == pytest.approx(5.0 / math.sqrt(2**2 + 5**2 + 6**2))
+
+
+def test_hausdorff_is_symmetric_and_counts_interior_voxels() -> None:
+    # Truth is a filled 9x9 square; prediction is one voxel in its corner. Directed
+    # truth -> pred is the far corner (8, 8): sqrt(128); pred -> truth is 0.
+    pred = np.zeros((1, 9, 9), dtype=bool)
+    truth = np.ones((1, 9, 9), dtype=bool)
+    pred[0, 0, 0] = True
+    assert hausdorff_distance(pred, truth) == pytest.approx(math.sqrt(128))
+    assert hausdorff_distance(truth, pred) == pytest.approx(math.sqrt(128))
+
+
+def test_hausdorff_maximum_can_lie_inside_a_mask() -> None:
+    # A filled disk inside a ring: the worst prediction voxel is the disk's centre, an interior
+    # voxel, so a surface-only shortcut would be wrong.
+    yy, xx = np.mgrid[:21, :21]
+    radius = np.hypot(yy - 10, xx - 10)
+    truth = ((radius >= 8) & (radius <= 9))[None]
+    pred = (radius <= 7)[None]
+    value = hausdorff_distance(pred, truth)
+    assert value == pytest.approx(brute_force_hausdorff(pred, truth), abs=1e-9)
+    assert value >= 8.0
+
+
+def test_hausdorff_identical_and_subset() -> None:
+    rng = np.random.default_rng(1)
+    volume = _random_volume(rng, (4, 9, 7), 0.3)
+    assert hausdorff_distance(volume, volume) == 0.0
+    assert normalized_hausdorff(volume, volume) == 0.0
+
+
+def test_hausdorff_undefined_for_empty_masks() -> None:
+    empty = np.zeros((2, 3, 3), dtype=bool)
+    some = empty.copy()
+    some[0, 0, 0] = True
+    for pred, truth in [(empty, empty), (empty, some), (some, empty)]:
+        with pytest.raises(ValueError, match="empty"):
+            hausdorff_distance(pred, truth)
+
+
+def test_normalized_hausdorff_empty_rules() -> None:
+    empty = np.zeros((3, 4, 5), dtype=bool)
+    some = empty.copy()
+    some[1, 1, 1] = True
+    assert normalized_hausdorff(empty, empty) == 0.0
+    assert normalized_hausdorff(some, empty) == 1.0
+    assert normalized_hausdorff(empty, some) == 1.0
+
+
+def test_normalized_hausdorff_of_opposite_corners_stays_below_one() -> None:
+    # Voxel centres span (D-1, H-1, W-1), so with unit spacing the clip to 1 never binds.
+    pred = np.zeros((1, 4, 3), dtype=bool)
+    truth = np.zeros((1, 4, 3), dtype=bool)
+    pred[0, 0, 0] = truth[0, 3, 2] = True
+    value = normalized_hausdorff(pred, truth)
+    assert value == pytest.approx(math.sqrt(9 + 4) / math.sqrt(1 + 16 + 9))
+    assert value <= 1.0
+
+
+def test_hausdorff_checks_arguments() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        hausdorff_distance(np.ones((2, 2, 2)), np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="spacing"):
+        hausdorff_distance(np.ones((2, 2, 2)), np.ones((2, 2, 2)), spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="spacing"):
+        hausdorff_distance(np.ones((2, 2, 2)), np.ones((2, 2, 2)), spacing=(1.0, 0.0, 1.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 12), st.integers(1, 12)),
+    densities=st.tuples(st.floats(0.01, 0.6), st.floats(0.01, 0.6)),
+    anisotropic=st.booleans(),
+)
+def test_hausdorff_matches_brute_force(
+    seed: int,
+    shape: tuple[int, int, int],
+    densities: tuple[float, float],
+    anisotropic: bool,
+) -> None:
+    rng = np.random.default_rng(seed)
+    pred = _random_volume(rng, shape, densities[0])
+    truth = _random_volume(rng, shape, densities[1])
+    spacing = (3.0, 1.63, 1.5) if anisotropic else (1.0, 1.0, 1.0)
+    fast = hausdorff_distance(pred, truth, spacing)
+    assert fast == pytest.approx(brute_force_hausdorff(pred, truth, spacing), abs=1e-9)
+
+
+def test_hausdorff_matches_brute_force_on_separated_blobs() -> None:
+    # Sparse objects in a large volume exercise the bounding-box crop.
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        pred = np.zeros((20, 40, 40), dtype=bool)
+        truth = np.zeros((20, 40, 40), dtype=bool)
+        for volume in (pred, truth):
+            for _ in range(rng.integers(1, 4)):
+                z, y, x = rng.integers(0, 18), rng.integers(0, 36), rng.integers(0, 36)
+                volume[z : z + 2, y : y + rng.integers(1, 5), x : x + rng.integers(1, 5)] = True
+        assert hausdorff_distance(pred, truth) == pytest.approx(
+            brute_force_hausdorff(pred, truth), abs=1e-9
+        )
+
+
+# ---------------------------------------------------------------- HD95 (mm)
+
+
+def _sphere(shape: tuple[int, int, int], centre: tuple[float, ...], radius: float) -> np.ndarray:
+    grid = np.indices(shape, dtype=np.float64)
+    return sum((axis - c) ** 2 for axis, c in zip(grid, centre, strict=True)) <= radius**2
+
+
+def test_hd95_single_voxels_use_real_spacing() -> None:
+    pred = np.zeros((3, 4, 4), dtype=bool)
+    truth = np.zeros((3, 4, 4), dtype=bool)
+    pred[0, 1, 1] = True
+    truth[1, 1, 1] = True  # one slice (3 mm) away
+    assert hd95_mm(pred, truth, (3.0, 1.5, 1.5)) == pytest.approx(3.0)
+    truth[1, 1, 1], truth[0, 1, 3] = False, True  # two columns (2 x 1.63 mm) away
+    assert hd95_mm(pred, truth, (3.0, 1.63, 1.63)) == pytest.approx(3.26)
+
+
+def test_hd95_of_shifted_sphere_matches_reference() -> None:
+    truth = _sphere((16, 30, 30), (8, 15, 15), 6.5)
+    pred = np.roll(truth, 2, axis=2)  # shifted two columns
+    spacing = (3.0, 1.5, 1.5)
+    value = hd95_mm(pred, truth, spacing)
+    assert value == pytest.approx(brute_force_hd95(pred, truth, spacing), abs=1e-9)
+    assert 0.0 < value <= 2 * 1.5 + 1e-9  # never more than the shift itself
+    assert hd95_mm(truth, truth, spacing) == 0.0
+    # Distances scale with the spacing.
+    doubled = tuple(2 * step for step in spacing)
+    assert hd95_mm(pred, truth, doubled) == pytest.approx(2 * value)
+
+
+def test_hd95_objects_at_the_volume_border_match_reference() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        pred = _random_volume(rng, (5, 9, 8), 0.5)
+        truth = _random_volume(rng, (5, 9, 8), 0.5)
+        spacing = (3.0, 1.63, 1.5)
+        assert hd95_mm(pred, truth, spacing) == pytest.approx(
+            brute_force_hd95(pred, truth, spacing), abs=1e-9
+        )
+
+
+def test_hd95_is_nan_when_either_is_empty() -> None:
+    empty = np.zeros((3, 4, 4), dtype=bool)
+    some = empty.copy()
+    some[1, 1, 1] = True
+    assert math.isnan(hd95_mm(empty, empty))
+    assert math.isnan(hd95_mm(some, empty))
+    assert math.isnan(hd95_mm(empty, some))
+
+
+# ---------------------------------------------------------------- score_volumes
+
+
+def _case(depth: int = 4, size: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((depth, size, size), dtype=bool), np.zeros((depth, size, size), dtype=bool)
+
+
+def test_score_volumes_hand_computed() -> None:
+    # case1_day0, large_bowel: slice 0 perfect, slice 1 Dice 2/3 (pred 2, truth 1), slices 2-3
+    # empty (Dice 1). Hausdorff: the extra pred voxel is 1 from the truth.
+    pred_a, truth_a = _case()
+    truth_a[0, 2, 2] = pred_a[0, 2, 2] = True
+    truth_a[1, 5, 5] = pred_a[1, 5, 5] = pred_a[1, 5, 6] = True
+    # case1_day0, stomach: truth only -> every non-empty slice Dice 0, Hausdorff 1.
+    pred_b, truth_b = _case()
+    truth_b[3, 1, 1] = True
+    # case2_day1, stomach (3 slices): both empty -> Dice 1 per slice, Hausdorff 0.
+    pred_c, truth_c = _case(depth=3)
+    volumes = {
+        ("case1_day0", "large_bowel"): (pred_a, truth_a),
+        ("case1_day0", "stomach"): (pred_b, truth_b),
+        ("case2_day1", "stomach"): (pred_c, truth_c),
+    }
+    result = score_volumes(volumes)
+
+    diagonal = math.sqrt(4**2 + 10**2 + 10**2)
+    large_dice = (1 + 2 / 3 + 1 + 1) / 4
+    large_hd = 1 / diagonal
+    stomach_dice = (1 + 1 + 1 + 0 + 1 + 1 + 1) / 7
+    stomach_hd = (1.0 + 0.0) / 2
+    dice = (4 * large_dice + 7 * stomach_dice) / 11  # mean over all 11 (slice, class) rows
+    hausdorff = (large_hd + 1.0 + 0.0) / 3  # mean over the 3 (case_day, class) volumes
+
+    assert result["dice"] == pytest.approx(dice)
+    assert result["hausdorff"] == pytest.approx(hausdorff)
+    assert result["score"] == pytest.approx(0.4 * dice + 0.6 * (1 - hausdorff))
+    assert result["num_slices"] == 4 + 3
+    assert result["num_case_days"] == 2
+
+    assert list(result["per_class"]) == ["large_bowel", "stomach"]
+    large = result["per_class"]["large_bowel"]
+    assert large["dice"] == pytest.approx(large_dice)
+    assert large["hausdorff"] == pytest.approx(large_hd)
+    assert large["score"] == pytest.approx(0.4 * large_dice + 0.6 * (1 - large_hd))
+    stomach = result["per_class"]["stomach"]
+    assert stomach["dice"] == pytest.approx(stomach_dice)
+    assert stomach["hausdorff"] == pytest.approx(stomach_hd)
+
+    assert list(result["clinical"]) == ["large_bowel", "stomach"]
+    assert result["clinical"]["large_bowel"]["dice_3d"] == pytest.approx(2 * 2 / (3 + 2))
+    assert result["clinical"]["large_bowel"]["hd95_mm"] == pytest.approx(
+        hd95_mm(pred_a, truth_a, DEFAULT_SPACING_MM)
+    )
+    # Stomach: case1 has one empty side (3D Dice 0, no HD95), case2 both empty (3D Dice 1).
+    assert result["clinical"]["stomach"]["dice_3d"] == pytest.approx(0.5)
+    assert result["clinical"]["stomach"]["hd95_mm"] is None
+
+
+def test_score_volumes_schema_is_plain_json() -> None:
+    pred, truth = _case()
+    truth[1, 1:4, 1:4] = True
+    pred[1, 2:5, 1:4] = True
+    result = score_volumes(
+        {("case3_day2", "small_bowel"): (pred.astype(np.uint8), truth)},
+        spacings={"case3_day2": (3.0, 1.63, 1.63)},
+    )
+    assert set(result) == {
+        "score",
+        "dice",
+        "hausdorff",
+        "per_class",
+        "clinical",
+        "num_slices",
+        "num_case_days",
+    }
+    assert set(result["per_class"]["small_bowel"]) == {"score", "dice", "hausdorff"}
+    assert set(result["clinical"]["small_bowel"]) == {"dice_3d", "hd95_mm"}
+    assert json.loads(json.dumps(result)) == result  # plain floats and ints only
+    for value in (result["score"], result["dice"], result["hausdorff"]):
+        assert type(value) is float
+    assert type(result["num_slices"]) is int
+    # The given spacing is used: a one-row shift is 1.63 mm.
+    assert result["clinical"]["small_bowel"]["hd95_mm"] == pytest.approx(1.63)
+
+
+def test_score_volumes_perfect_and_worst() -> None:
+    _, truth = _case()
+    truth[0:3, 2:6, 2:6] = True
+    perfect = score_volumes({("case1_day1", "stomach"): (truth.copy(), truth)})
+    assert perfect["score"] == 1.0
+    worst = score_volumes({("case1_day1", "stomach"): (np.zeros_like(truth), truth)})
+    # Dice 0 on the 3 labelled slices, 1 on the empty one; Hausdorff 1.
+    assert worst["dice"] == pytest.approx(1 / 4)
+    assert worst["score"] == pytest.approx(0.4 * 0.25)
+
+
+def test_score_volumes_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="no volumes"):
+        score_volumes({})
+    pred, truth = _case()
+    with pytest.raises(ValueError, match="shape"):
+        score_volumes({("c1_d1", "stomach"): (pred, truth[:, :5])})
+    short_pred, short_truth = _case(depth=3)
+    with pytest.raises(ValueError, match="slices"):
+        score_volumes(
+            {
+                ("c1_d1", "stomach"): (pred, truth),
+                ("c1_d1", "large_bowel"): (short_pred, short_truth),
+            }
+        )
+    with pytest.raises(ValueError, match="D, H, W"):
+        score_volumes({("c1_d1", "stomach"): (pred[0], truth[0])})
+
+
+def test_score_volumes_agrees_with_brute_force_on_random_cases() -> None:
+    rng = np.random.default_rng(11)
+    volumes = {}
+    for case in range(3):
+        for class_name in ("large_bowel", "small_bowel", "stomach"):
+            truth = ndimage.binary_dilation(rng.random((6, 16, 16)) < 0.02)
+            pred = ndimage.binary_dilation(rng.random((6, 16, 16)) < 0.02)
+            volumes[(f"case{case}_day0", class_name)] = (pred, truth)
+    result = score_volumes(volumes)
+    expected = []
+    for pred, truth in volumes.values():
+        if pred.any() and truth.any():
+            value = brute_force_hausdorff(pred, truth) / math.sqrt(6**2 + 16**2 + 16**2)
+            expected.append(min(value, 1.0))
+        else:
+            expected.append(float(pred.any() != truth.any()))
+    assert result["hausdorff"] == pytest.approx(np.mean(expected), abs=1e-12)
