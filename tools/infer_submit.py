@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Predict the scans of a data root with trained checkpoints and write the competition's submission.
+
+Examples:
+    python tools/infer_submit.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml \\
+        --data-root /kaggle/input/uw-madison-gi-tract-image-segmentation --out submission.csv \\
+        MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth MODEL.DEVICE cuda
+    python tools/infer_submit.py --config-file configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml \\
+        --data-root demo_output/data --tta --out demo_output/submission.csv \\
+        MODEL.WEIGHTS demo_output/train/model_final.pth MODEL.DEVICE cpu
+
+Rows follow the sample submission (default ROOT/sample_submission.csv; a sample with no rows gives a
+header-only file). Several comma-separated checkpoints in MODEL.WEIGHTS make an ensemble.
+A checkpoint is code: load only checkpoints from a source you trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from uwm_d2.cli import run_main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config-file", required=True, help="the config the model was trained with"
+    )
+    parser.add_argument("--data-root", required=True, type=Path, help="competition-layout root")
+    parser.add_argument("--split", default="test", help="sub-folder of scans (default: test)")
+    parser.add_argument(
+        "--sample-submission",
+        type=Path,
+        help="rows to fill, in order (default: ROOT/sample_submission.csv if it exists)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
+    parser.add_argument(
+        "--tta", action="store_true", help="average with horizontally flipped input"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    from detectron2.utils.logger import setup_logger
+
+    from uwm_d2.config import build_cfg
+    from uwm_d2.inference.pipeline import predict_submission
+
+    setup_logger(name="uwm_d2", abbrev_name="uwm")
+    logging.getLogger("fvcore").setLevel(logging.WARNING)
+    cfg = build_cfg(args.config_file, args.opts)
+    summary = predict_submission(
+        cfg,
+        args.data_root,
+        args.out,
+        split=args.split,
+        sample_submission=args.sample_submission,
+        tta=args.tta,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"wrote {summary.path}: {summary.rows} rows ({summary.non_empty_rows} with a mask) for "
+        f"{summary.slices} slices in {summary.case_days} case-days"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

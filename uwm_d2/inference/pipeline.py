@@ -1,0 +1,118 @@
+"""From a data root and a trained config to ``submission.csv``: what ``tools/infer_submit.py`` runs.
+
+Offline by design: only local checkpoints are read, nothing is downloaded. Inputs are checked
+before any model runs (output folder writable, every sample-submission id has its scan on disk),
+and the submission is written atomically, so an interrupted run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from detectron2.config import CfgNode
+from tqdm import tqdm
+
+from uwm_d2.core.atomic import check_writable_target
+from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.layout import index_scans
+from uwm_d2.inference.predictor import VolumePredictor, build_models, scan_records
+from uwm_d2.inference.submission import (
+    build_submission,
+    encode_class_masks,
+    read_sample_submission,
+    write_submission,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmissionSummary:
+    """What a run wrote, for the tool to print."""
+
+    path: Path
+    rows: int
+    slices: int
+    case_days: int
+    non_empty_rows: int
+
+
+def resolve_sample_submission(
+    data_root: Path, sample_submission: str | os.PathLike | None
+) -> pd.DataFrame | None:
+    """The sample rows to follow: the given file, else ``ROOT/sample_submission.csv`` if present."""
+    if sample_submission is not None:
+        return read_sample_submission(sample_submission)
+    default = data_root / "sample_submission.csv"
+    return read_sample_submission(default) if default.is_file() else None
+
+
+def predict_submission(
+    cfg: CfgNode,
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str = "test",
+    sample_submission: str | os.PathLike | None = None,
+    tta: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SubmissionSummary:
+    """Predict every needed scan of ``data_root/split`` and write the submission to ``out``.
+
+    Rows follow the sample submission exactly when there is one (a sample with no rows gives a
+    header-only file); without one, every scan found gets its three class rows, sorted.
+
+    Raises:
+        UWMInputError: ``out`` cannot be written; a sample-submission id has no scan on disk;
+            a checkpoint is missing or does not fit the config; a scan is unreadable.
+    """
+    root = Path(data_root)
+    check_writable_target(out)
+    sample = resolve_sample_submission(root, sample_submission)
+    if sample is not None and sample.empty:
+        # The public Kaggle sample has no rows: the valid answer is a header-only file.
+        write_submission(build_submission({}, sample), out)
+        return SubmissionSummary(Path(out), 0, 0, 0, 0)
+
+    scans = index_scans(root, split)
+    if sample is not None:
+        wanted = pd.unique(sample["id"])
+        missing = sorted(set(wanted) - set(scans["id"]))
+        if missing:
+            raise UWMInputError(
+                f"scan for {missing[0]} (listed in the sample submission) not found under "
+                f"{str(root / split)!r}"
+                + (f" ({len(missing)} missing)" if len(missing) > 1 else "")
+            )
+        # Whole case-days are predicted: 2.5D neighbours and the 3D clean-up need them.
+        needed_case_days = set(scans.loc[scans["id"].isin(wanted), "case_day"])
+        scans = scans[scans["case_day"].isin(needed_case_days)]
+    if scans.empty:
+        raise UWMInputError(f"no scans found under {str(root / split)!r}")
+
+    predictor = VolumePredictor(cfg, build_models(cfg), tta=tta, batch_size=batch_size)
+    groups = scan_records(root, scans, predictor.offsets)
+    encoded: dict[tuple[str, str], str] = {}
+    bar = tqdm(total=len(scans), unit="slice", desc="infer", disable=not progress)
+    for records in groups.values():
+        masks = predictor.predict_case_day(records)
+        encoded.update(
+            encode_class_masks(
+                {record["slice_id"]: mask for record, mask in zip(records, masks, strict=True)}
+            )
+        )
+        bar.update(len(records))
+    bar.close()
+    frame = build_submission(encoded, sample)
+    write_submission(frame, out)
+    return SubmissionSummary(
+        Path(out),
+        rows=len(frame),
+        slices=len(scans),
+        case_days=len(groups),
+        non_empty_rows=int((frame["predicted"] != "").sum()),
+    )
