@@ -1,0 +1,56 @@
+"""Write a synthetic data root in the competition layout (train/, test/, train.csv, ...).
+
+Example::
+
+    python tools/make_phantom.py --out data/phantom --cases 6 --test-cases 2 --seed 0
+
+The result is byte-identical for the same arguments; see :mod:`uwm_d2.phantom` for what it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from uwm_d2.cli import run_main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="new or empty data root to write")
+    parser.add_argument("--cases", type=int, default=6, help="training cases (default 6)")
+    parser.add_argument(
+        "--test-cases", type=int, default=2, help="cases seen only in test/ (default 2)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--max-slices", type=int, default=None, help="cap slices per scan (default: 144 or 80)"
+    )
+    parser.add_argument(
+        "--days", type=int, default=None, help="scan days per case (default: 1 to 3 at random)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: all CPUs)"
+    )
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    # Imported here so that --help stays instant.
+    from uwm_d2.phantom import make_phantom
+
+    summary = make_phantom(
+        args.out,
+        cases=args.cases,
+        seed=args.seed,
+        max_slices=args.max_slices,
+        days_per_case=(1, 3) if args.days is None else args.days,
+        test_cases=args.test_cases,
+        workers=args.workers,
+    )
+    print("\n".join(summary.lines()))
+
+
+if __name__ == "__main__":
+    run_main(main)
