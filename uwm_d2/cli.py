@@ -7,6 +7,7 @@ their traceback, because hiding those would hide bugs.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -23,12 +24,33 @@ def fail(message: str, status: int = 2) -> None:
     raise SystemExit(status)
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, recognised without importing torch here."""
+    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+
+
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a tool's ``main`` and turn input errors into a one-line message and exit status 2."""
+    """Run a tool's ``main`` and turn input errors into a one-line message and exit status 2.
+
+    Also one line each: out of GPU memory (status 3), an interrupt (130), and a closed output
+    pipe (``tool | head``), which is not an error at all.
+    """
     try:
         status = main()
     except INPUT_ERRORS as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted", status=130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); silence the flush at exit too.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        raise SystemExit(0) from None
+    except RuntimeError as error:
+        if not _is_out_of_memory(error):
+            raise
+        fail(
+            "out of GPU memory; lower SOLVER.IMS_PER_BATCH (training) or --batch-size "
+            "(inference), or the input size INPUT.MIN_SIZE_*",
+            status=3,
+        )
     raise SystemExit(status or 0)
