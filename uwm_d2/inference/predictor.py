@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
-from detectron2.modeling.postprocessing import detector_postprocess
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.merge import class_probability_maps, remove_single_slice_components
 from uwm_d2.data.inputs import attach_neighbor_files, group_by_case_day
 from uwm_d2.data.mapper import UWMDatasetMapper
+from uwm_d2.evaluation.postprocess import postprocess_soft
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +61,93 @@ def split_weights(weights: str) -> list[str]:
     return paths
 
 
+#: What a detectron2-format ``.pkl`` checkpoint may contain besides dicts, lists and strings:
+#: numpy arrays and scalars. Any other global (a function, a class) is refused, as torch's
+#: ``weights_only`` loader refuses it for ``.pth`` files.
+_PICKLE_ALLOWED_GLOBALS = frozenset(
+    {
+        ("collections", "OrderedDict"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+)
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"unsupported global {module}.{name}")
+        return super().find_class(module, name)
+
+
+class _DataOnlyCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer, but reading files without running code from them.
+
+    ``.pth`` files go through ``torch.load(weights_only=True)`` explicitly (not through torch's
+    default, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` can turn off), ``.pkl`` files through an
+    unpickler that only builds numpy arrays; detectron2 itself would ``pickle.load`` them.
+    """
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        if filename.endswith(".pkl"):
+            with open(filename, "rb") as handle:
+                data = _DataOnlyUnpickler(handle, encoding="latin1").load()
+            if not isinstance(data, dict):
+                raise pickle.UnpicklingError(f"expected a dict, found {type(data).__name__}")
+            if "model" in data and "__author__" in data:
+                return data  # detectron2 model-zoo format
+            if "blobs" in data:  # Caffe2 / Detectron1 format, converted as detectron2 does
+                data = data["blobs"]
+            data = {key: value for key, value in data.items() if not key.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
+        if not isinstance(loaded, dict):
+            raise pickle.UnpicklingError(f"expected a dict, found {type(loaded).__name__}")
+        return loaded if "model" in loaded else {"model": loaded}
+
+
+def _read_failure(error: BaseException) -> str:
+    """Why a checkpoint could not be read, in a few words (torch's own messages are paragraphs)."""
+    text = str(error)
+    refused = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
+    if refused or "unsupported global" in text:
+        detail = refused[0] if refused else text.strip()
+        return (
+            f"holds more than tensors and plain data ({detail}); refused, because loading it "
+            "would run code from the file"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:
+        # torch's paragraph ends with the actual reason before the pointer to its docs.
+        reasons = [line for line in lines[1:] if not line.startswith("Check the documentation")]
+        detail = reasons[-1] if reasons else "not a torch checkpoint"
+    else:
+        detail = lines[0].split(". ")[0] if lines else type(error).__name__
+    return f"cannot be read ({detail}); is it a checkpoint saved by this project?"
+
+
 def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Load ``path`` into ``model``, failing with one line if it does not fit the config.
 
     detectron2's own loader only *warns* about missing keys and shape mismatches (it is built for
     fine-tuning from other datasets); for inference that would silently run a half-random model.
+    Only tensors and plain data are read: a file holding any other object is refused, unexecuted.
     """
-    if not path.startswith("detectron2://") and not Path(path).is_file():
-        raise UWMInputError(f"checkpoint {path!r} does not exist")
-    checkpointer = DetectionCheckpointer(model)
+    if not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise UWMInputError(f"checkpoint {path!r} {what} (only local files are read)")
+    checkpointer = _DataOnlyCheckpointer(model)
     try:
-        loaded = checkpointer._load_file(path)  # torch.load with weights_only where allowed
-    except Exception as error:  # corrupt or not a checkpoint: one line naming the file
-        raise UWMInputError(f"checkpoint {path!r} cannot be read: {error}") from None
-    state = loaded.get("model", loaded)
+        loaded = checkpointer._load_file(path)
+    except Exception as error:  # any failure to read it is the file's fault
+        raise UWMInputError(f"checkpoint {path!r} {_read_failure(error)}") from None
+    state = loaded.get("model")
+    if not isinstance(state, dict):
+        raise UWMInputError(f"checkpoint {path!r} has no model state dict")
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
@@ -83,7 +158,9 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
                 f"checkpoint {path!r} does not fit the config: {name} has shape {shape}, "
                 f"the config builds {tuple(tensor.shape)}"
             )
-    checkpointer.load(path)
+    incompatible = checkpointer._load_model(loaded)  # the file is read once, not twice
+    if incompatible is not None:
+        checkpointer._log_incompatible_keys(incompatible)
 
 
 def build_models(cfg: CfgNode) -> list[torch.nn.Module]:
@@ -138,11 +215,13 @@ class VolumePredictor:
         maps = []
         for item, result in zip(inputs, instances, strict=True):
             height, width = int(item["height"]), int(item["width"])
-            # mask_threshold < 0: paste soft masks (uint8, probability * 255) at the scan's size.
-            pasted = detector_postprocess(result, height, width, mask_threshold=-1.0).to("cpu")
-            probabilities = pasted.pred_masks.numpy().astype(np.float32) / 255.0
+            # Soft masks pasted at the scan's own size, exactly as the evaluator pastes them.
+            pasted = postprocess_soft(result, height, width).to("cpu")
+            if not pasted.has("pred_masks"):
+                maps.append(np.zeros((3, height, width), dtype=np.float32))
+                continue
             class_maps = class_probability_maps(
-                probabilities,
+                pasted.pred_masks.numpy(),
                 pasted.scores.numpy(),
                 pasted.pred_classes.numpy(),
                 self.settings.score_thresholds,

@@ -1,0 +1,139 @@
+"""The batched predictor and the submission pipeline, with a stand-in model of known output.
+
+A fake Mask R-CNN returns, for every slice, one instance whose box covers a known part of the
+*network input*; after the pipeline's resize back to the scan's own size the mask must cover the
+matching part of the scan. On a 360x310 (W x H) scan a transposed paste would show at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("detectron2")
+import torch
+from detectron2.structures import Boxes, Instances
+
+from uwm_d2.config import build_cfg
+from uwm_d2.core.layout import index_scans, read_prediction_csv
+from uwm_d2.core.rle import rle_decode
+from uwm_d2.inference import pipeline
+
+INSTANT = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
+
+
+class BoxModel(torch.nn.Module):
+    """Predicts one ``class_index`` instance covering the input's top-left (x < 1/2, y < 1/4)."""
+
+    def __init__(self, class_index: int = 1, score: float = 0.9) -> None:
+        super().__init__()
+        self.class_index = class_index
+        self.score = score
+        self.calls: list[int] = []
+
+    def inference(self, batched_inputs, do_postprocess=True):
+        assert not do_postprocess
+        self.calls.append(len(batched_inputs))
+        results = []
+        for item in batched_inputs:
+            height, width = item["image"].shape[-2:]
+            result = Instances((height, width))
+            result.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, width / 2, height / 4]]))
+            result.scores = torch.tensor([self.score])
+            result.pred_classes = torch.tensor([self.class_index])
+            result.pred_masks = torch.ones(1, 1, 28, 28)
+            results.append(result)
+        return results
+
+
+@pytest.fixture
+def cfg():
+    return build_cfg(INSTANT, ["MODEL.WEIGHTS", "unused.pth"])
+
+
+def _run(monkeypatch, cfg, root, out, models, **kwargs):
+    monkeypatch.setattr(pipeline, "build_models", lambda _cfg: models)
+    return pipeline.predict_submission(cfg, root, out, progress=False, **kwargs)
+
+
+def test_non_square_scan_is_not_transposed(monkeypatch, cfg, phantom_root, tmp_path):
+    scans = index_scans(phantom_root, "test")
+    wide = scans[(scans["width"] == 360) & (scans["height"] == 310)]
+    assert not wide.empty, "the tiny phantom must hold a 360x310 test scan"
+    model = BoxModel(class_index=1)
+    summary = _run(monkeypatch, cfg, phantom_root, tmp_path / "sub.csv", [model], batch_size=3)
+    frame = read_prediction_csv(summary.path)
+    row = frame[(frame["id"] == wide["id"].iloc[0]) & (frame["class"] == "small_bowel")]
+    mask = rle_decode(row["predicted"].iloc[0], (310, 360)).astype(bool)
+    rows, columns = np.nonzero(mask)
+    # Box x < W/2 = 180, y < H/4 = 77.5 of the scan (give or take the paste's pixel rounding).
+    assert 176 <= columns.max() <= 181 and columns.min() == 0
+    assert 74 <= rows.max() <= 79 and rows.min() == 0
+    assert max(model.calls) == 3  # slices go through the model in batches
+
+
+def test_rows_follow_the_sample_and_other_classes_stay_empty(
+    monkeypatch, cfg, phantom_root, tmp_path
+):
+    summary = _run(monkeypatch, cfg, phantom_root, tmp_path / "sub.csv", [BoxModel(class_index=2)])
+    frame = pd.read_csv(summary.path, keep_default_na=False)
+    sample = pd.read_csv(phantom_root / "sample_submission.csv", keep_default_na=False)
+    assert frame[["id", "class"]].equals(sample[["id", "class"]])
+    assert (frame.loc[frame["class"] == "stomach", "predicted"] != "").all()
+    assert (frame.loc[frame["class"] != "stomach", "predicted"] == "").all()
+
+
+def test_score_threshold_and_ensemble_average(monkeypatch, cfg, phantom_root, tmp_path):
+    low = BoxModel(score=0.3)  # under the 0.5 score threshold: contributes probability 0
+    high = BoxModel(score=0.9)
+    out = tmp_path / "sub.csv"
+    # Mean of (1, 0) = 0.5 >= MASK_THRESHOLD 0.5: the ensemble keeps the mask...
+    _run(monkeypatch, cfg, phantom_root, out, [high, low])
+    assert (read_prediction_csv(out)["predicted"] != "").any()
+    # ...but a threshold above the averaged probability drops it.
+    strict = build_cfg(INSTANT, ["MODEL.WEIGHTS", "unused.pth", "UWM.EVAL.MASK_THRESHOLD", "0.6"])
+    _run(monkeypatch, strict, phantom_root, out, [high, low])
+    assert (read_prediction_csv(out)["predicted"] == "").all()
+
+
+def test_flip_tta_averages_the_mirrored_pass(monkeypatch, cfg, phantom_root, tmp_path):
+    # The box covers the left half; its mirror covers the right half. Averaged, each half has
+    # probability 0.5 >= 0.5, so with TTA the mask spans the width of the top quarter (but for
+    # the outermost and the middle pixels, where a pasted mask's soft edge falls below 1).
+    out = tmp_path / "sub.csv"
+    _run(monkeypatch, cfg, phantom_root, out, [BoxModel()], tta=True)
+    frame = read_prediction_csv(out)
+    scans = index_scans(phantom_root, "test").set_index("id")
+    slice_id = frame.loc[frame["predicted"] != "", "id"].iloc[0]
+    height, width = scans.loc[slice_id, ["height", "width"]]
+    mask = rle_decode(frame.loc[frame["predicted"] != "", "predicted"].iloc[0], (height, width))
+    columns = np.nonzero(mask.any(axis=0))[0]
+    assert columns.min() <= 4 and columns.max() >= width - 5
+    assert (columns < width // 4).any() and (columns > 3 * width // 4).any()  # both halves
+
+
+def test_header_only_for_an_empty_sample_and_sorted_rows_without_one(
+    monkeypatch, cfg, phantom_copy, tmp_path
+):
+    empty = tmp_path / "empty_sample.csv"
+    empty.write_text("id,class,predicted\n")
+    out = tmp_path / "sub.csv"
+    summary = _run(monkeypatch, cfg, phantom_copy, out, [BoxModel()], sample_submission=empty)
+    assert summary.rows == 0 and out.read_text().strip() == "id,class,predicted"
+
+    (phantom_copy / "sample_submission.csv").unlink()
+    summary = _run(monkeypatch, cfg, phantom_copy, out, [BoxModel()])
+    frame = read_prediction_csv(out)
+    scans = index_scans(phantom_copy, "test")
+    assert summary.rows == 3 * len(scans) == len(frame)
+    assert frame["id"].iloc[::3].tolist() == scans["id"].tolist()
+
+
+def test_missing_scan_listed_in_sample_is_a_clear_error(monkeypatch, cfg, phantom_root, tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,class,predicted\ncase999_day1_slice_0001,stomach,\n")
+    out = tmp_path / "sub.csv"
+    with pytest.raises(ValueError, match="case999_day1_slice_0001"):
+        _run(monkeypatch, cfg, phantom_root, out, [BoxModel()], sample_submission=sample)
+    assert not out.exists()
