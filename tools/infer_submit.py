@@ -52,6 +52,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    from uwm_d2.core.atomic import check_writable_target
+    from uwm_d2.inference.submission import read_sample_submission
+
+    # Cheap checks first, in a second, before torch and detectron2 load (several seconds).
+    check_writable_target(args.out)
+    sample = args.sample_submission or args.data_root / "sample_submission.csv"
+    if args.sample_submission is not None or sample.is_file():
+        read_sample_submission(sample)
     from detectron2.utils.logger import setup_logger
 
     from uwm_d2.config import build_cfg

@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from uwm_d2.core.errors import UWMInputError
 
-#: Errors that mean "the user's input is wrong", not "the program is wrong".
-INPUT_ERRORS: tuple[type[BaseException], ...] = (UWMInputError, FileNotFoundError, PermissionError)
+#: Errors that mean "the user's input is wrong", not "the program is wrong": bad content, or a path
+#: that is missing, not allowed, or a file where a folder must be (``OUTPUT_DIR`` under a file).
+#: The OS errors' messages name the path.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    UWMInputError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+
+#: Warnings that third-party code emits on every run and that a user cannot act on: fvcore scripts a
+#: function with ``torch.jit.script`` at import time, detectron2 calls ``torch.meshgrid`` without
+#: ``indexing``. Left on, they would turn every one-line error of a torch tool into five lines.
+_THIRD_PARTY_NOISE: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+    (UserWarning, r"torch\.meshgrid: in an upcoming release"),
+)
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -35,6 +52,8 @@ def run_main(main: Callable[[], int | None]) -> None:
     Also one line each: out of GPU memory (status 3), an interrupt (130), and a closed output
     pipe (``tool | head``), which is not an error at all.
     """
+    for category, message in _THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
     try:
         status = main()
     except INPUT_ERRORS as error:

@@ -668,7 +668,8 @@ def make_phantom(
     if max_slices is not None and max_slices < 1:
         raise UWMInputError(f"max_slices must be >= 1, got {max_slices}")
     if not out.parent.is_dir():
-        raise UWMInputError(f"the parent folder of {str(out)!r} does not exist")
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise UWMInputError(f"the parent folder of {str(out)!r} {what}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UWMInputError(f"output folder {str(out)!r} is not empty (refusing to mix data roots)")
 

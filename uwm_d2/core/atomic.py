@@ -1,13 +1,19 @@
 """Write output files whole or not at all: a temp file beside the target, then ``os.replace``.
 
-A run killed at any moment leaves either the previous file or the new one, never a truncated file;
-a leftover temp file (``.<name>.tmp-*``) is harmless and ignored by everything that reads outputs.
+A run killed at any moment leaves either the previous file or the new one, never a truncated file.
+A killed run can leave its temp file behind: ``.<name>.tmp-<host>-<pid>-<random>``. It is hidden
+and ignored by everything that reads outputs, and the next successful write of the same target
+deletes it, but only once it is certain to be stale: it names this host and a process that no
+longer exists. Temp files of other hosts (a shared file system) or of live processes are never
+touched, so concurrent writers cannot break each other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +26,8 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise UWMInputError(f"output folder {str(folder)!r} does not exist (for {str(target)!r})")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UWMInputError(f"output folder {str(folder)!r} {what} (for {str(target)!r})")
     if not os.access(folder, os.W_OK):
         raise UWMInputError(f"output folder {str(folder)!r} is not writable (for {str(target)!r})")
     if target.is_dir():
@@ -28,11 +35,70 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     return target
 
 
+def _host_tag() -> str:
+    """This machine's name as it appears in temp names: no ``-`` (the field separator), short."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-{_host_tag()}-"
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (a zombie counts as existing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return True  # cannot tell: assume it is alive
+    return True
+
+
+def stale_temp_files(target: str | os.PathLike) -> list[Path]:
+    """Temp files of ``target`` left by dead writers on this host (see the module docstring)."""
+    target = Path(target)
+    prefix = _temp_prefix(target)
+    stale = []
+    try:
+        entries = list(os.scandir(target.parent if str(target.parent) else "."))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        match = re.fullmatch(r"([0-9]+)-[^/]+", entry.name[len(prefix) :])
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _process_exists(pid):
+            stale.append(Path(entry.path))
+    return sorted(stale)
+
+
+def remove_stale_temp_files(target: str | os.PathLike) -> list[Path]:
+    """Delete :func:`stale_temp_files` of ``target``; never raises. Returns what was deleted."""
+    removed = []
+    for path in stale_temp_files(target):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path to write to; on success rename it onto ``path``, on error delete it."""
+    """Yield a temp path to write to; on success rename it onto ``path``, on error delete it.
+
+    After a successful rename, temp files of the same target left by killed runs on this host are
+    deleted (see the module docstring).
+    """
     target = check_writable_target(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f"{_temp_prefix(target)}{os.getpid()}-", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp_name)
     try:
@@ -42,6 +108,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    remove_stale_temp_files(target)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -346,21 +346,24 @@ def check_output_folder(out: str | os.PathLike) -> Path:
     if out.exists() and not out.is_dir():
         raise UWMInputError(f"output path {str(out)!r} is a file, not a folder")
     if not out.exists() and not out.parent.is_dir():
-        raise UWMInputError(
-            f"output folder {str(out)!r} cannot be created: its parent does not exist"
-        )
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise UWMInputError(f"output folder {str(out)!r} cannot be created: its parent {what}")
     return out
 
 
 def write_coco(build: CocoBuild, out: str | os.PathLike) -> list[Path]:
-    """Write every file of ``build`` into ``out`` (created if missing), each atomically."""
+    """Write every file of ``build`` into ``out`` (created if missing), each atomically,
+    ``all.json`` last."""
     out = check_output_folder(out)
     contents = {
         name: json.dumps(data, separators=(",", ":")) for name, data in build.files().items()
     }
     out.mkdir(exist_ok=True)
     written = []
-    for name, text in contents.items():
+    # all.json last: its presence is what says "built" (uwm_d2.data.register.has_coco_files), so a
+    # run killed halfway never leaves a folder that looks complete but lacks fold files.
+    for name in sorted(contents, key=lambda name: name == "all.json"):
+        text = contents[name]
         atomic_write_text(out / name, text)
         written.append(out / name)
     return written

@@ -97,16 +97,19 @@ def predict_submission(
     predictor = VolumePredictor(cfg, build_models(cfg), tta=tta, batch_size=batch_size)
     groups = scan_records(root, scans, predictor.offsets)
     encoded: dict[tuple[str, str], str] = {}
-    bar = tqdm(total=len(scans), unit="slice", desc="infer", disable=not progress)
-    for records in groups.values():
-        masks = predictor.predict_case_day(records)
-        encoded.update(
-            encode_class_masks(
-                {record["slice_id"]: mask for record, mask in zip(records, masks, strict=True)}
+    # Only on a terminal (disable=None): in a log or a pipe the bar is noise, and it would share
+    # stderr's last line with an error message.
+    with tqdm(
+        total=len(scans), unit="slice", desc="infer", disable=None if progress else True
+    ) as bar:
+        for records in groups.values():
+            masks = predictor.predict_case_day(records)
+            encoded.update(
+                encode_class_masks(
+                    {record["slice_id"]: mask for record, mask in zip(records, masks, strict=True)}
+                )
             )
-        )
-        bar.update(len(records))
-    bar.close()
+            bar.update(len(records))
     frame = build_submission(encoded, sample)
     write_submission(frame, out)
     return SubmissionSummary(

@@ -104,6 +104,11 @@ class _DataOnlyCheckpointer(DetectionCheckpointer):
                 data = data["blobs"]
             data = {key: value for key, value in data.items() if not key.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        with open(filename, "rb") as handle:
+            magic = handle.read(4)
+        # torch.save writes a zip archive; the legacy format starts with a pickle opcode.
+        if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
+            raise ValueError("not a torch checkpoint (neither a zip archive nor a pickle)")
         loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
         if not isinstance(loaded, dict):
             raise pickle.UnpicklingError(f"expected a dict, found {type(loaded).__name__}")

@@ -1,0 +1,144 @@
+"""``uwm_d2.cli.run_main``: every way a tool can end is one quiet line at most, with its status.
+
+Input errors exit 2, GPU out-of-memory 3, an interrupt 130, a closed output pipe 0 with nothing on
+stderr; a programming error keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from uwm_d2.cli import run_main
+from uwm_d2.core.errors import UWMInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(main: Callable[[], int | None], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    # run_main installs warning filters; catch_warnings keeps them local to the test.
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exited:
+        run_main(main)
+    return exited.value.code, capsys.readouterr().err
+
+
+def _raises(error: BaseException) -> Callable[[], None]:
+    def main() -> None:
+        raise error
+
+    return main
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like ``torch.cuda.OutOfMemoryError``, which run_main recognises without torch."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity;\n"
+            "13.1 GiB already allocated)"
+        ),
+        OutOfMemoryError("CUDA error: out of memory"),
+    ],
+)
+def test_out_of_gpu_memory_is_one_line_and_status_3(
+    error: BaseException, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, stderr = _run(_raises(error), capsys)
+    assert status == 3
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of GPU memory")
+    assert "IMS_PER_BATCH" in lines[0] and "--batch-size" in lines[0]
+
+
+def test_input_error_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    status, stderr = _run(_raises(UWMInputError("bad row case1_day1_slice_0001\nsecond")), capsys)
+    assert status == 2
+    assert stderr == "error: bad row case1_day1_slice_0001 second\n"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError(2, "No such file or directory", "missing.csv"),
+        PermissionError(13, "Permission denied", "locked.csv"),
+        NotADirectoryError(20, "Not a directory", "a_file/out"),
+    ],
+)
+def test_path_errors_are_input_errors(error: OSError, capsys: pytest.CaptureFixture[str]) -> None:
+    status, stderr = _run(_raises(error), capsys)
+    assert status == 2
+    assert stderr.count("\n") == 1 and error.filename in stderr
+
+
+def test_interrupt_is_status_130(capsys: pytest.CaptureFixture[str]) -> None:
+    status, stderr = _run(_raises(KeyboardInterrupt()), capsys)
+    assert status == 130 and stderr == "error: interrupted\n"
+
+
+def test_a_programming_error_keeps_its_traceback() -> None:
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="index out of range"):
+        run_main(_raises(RuntimeError("index out of range")))
+    with warnings.catch_warnings(), pytest.raises(ZeroDivisionError):
+        run_main(lambda: 1 // 0)
+
+
+def test_success_returns_the_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(lambda: None, capsys) == (0, "")
+    assert _run(lambda: 4, capsys) == (4, "")
+
+
+def test_third_party_import_noise_is_silenced_but_other_warnings_are_not(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def main() -> None:
+        warnings.warn(
+            "`torch.jit.script` is deprecated. Please switch to `torch.compile`.",
+            FutureWarning,
+            stacklevel=1,
+        )
+        warnings.warn("your own deprecation", FutureWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            run_main(main)
+    assert [str(warning.message) for warning in caught] == ["your own deprecation"]
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``tool | head -1``: the tool stops at the broken pipe with status 0 and no stderr noise
+    (Python would otherwise print 'Exception ignored ... BrokenPipeError' at exit)."""
+    script = tmp_path / "chatty.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from uwm_d2.cli import run_main
+
+            def main():
+                for number in range(10_000_000):
+                    print(f"line {number}")
+
+            run_main(main)
+            """
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout.readline() == b"line 0\n"
+    process.stdout.close()  # the reader goes away
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0
+    assert stderr == b""
