@@ -37,7 +37,7 @@ DEFAULT_CACHE = REPO_ROOT / ".cache"
 
 
 def _replace(path: Path, old: str, new: str, count: int = 1) -> None:
-    """Replace ``old`` by ``new`` in ``path``; fail loudly if the sdist no longer looks as expected."""
+    """Replace ``old`` by ``new`` in ``path``; fail loudly if the sdist no longer matches."""
     text = path.read_text()
     if text.count(old) < count:
         raise SystemExit(f"error: fix-up for {path.name} no longer applies ({old!r} not found)")
@@ -90,7 +90,7 @@ def apply_fixups(src: Path) -> None:
     _replace(
         model_zoo,
         'pkg_resources.resource_filename(\n        "detectron2.model_zoo", '
-        "os.path.join(\"configs\", config_path)\n    )",
+        'os.path.join("configs", config_path)\n    )',
         'str(importlib.resources.files("detectron2.model_zoo").joinpath("configs", config_path))',
     )
     # 7. Pillow >= 10 removed Image.LINEAR (same filter as BILINEAR).
@@ -127,20 +127,35 @@ def build_wheel(python: str, cache: Path) -> Path:
     if not sdist.exists():
         with tempfile.TemporaryDirectory() as tmp:
             requirement = Path(tmp) / "requirements.txt"
-            requirement.write_text(
-                f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}\n"
-            )
+            requirement.write_text(f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}\n")
             # --no-build-isolation: preparing the sdist's metadata imports torch.
-            pip(python, "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                "-r", str(requirement), "-d", tmp)
+            pip(
+                python,
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--no-build-isolation",
+                "-r",
+                str(requirement),
+                "-d",
+                tmp,
+            )
             shutil.move(str(next(Path(tmp).glob("*.tar.gz"))), sdist)
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(sdist) as archive:
             archive.extractall(tmp, filter="data")
         src = next(Path(tmp).glob(f"{SDIST_NAME}-{SDIST_VERSION}"))
         apply_fixups(src)
-        pip(python, "wheel", "--no-deps", "--no-build-isolation", "-w", str(cache / "wheels"),
-            str(src))
+        pip(
+            python,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(cache / "wheels"),
+            str(src),
+        )
     wheel = cached_wheel(cache)
     if wheel is None:
         raise SystemExit("error: building the detectron2 wheel produced no wheel")
@@ -149,7 +164,7 @@ def build_wheel(python: str, cache: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="wheel/sdist cache folder")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="wheel and sdist cache")
     parser.add_argument("--force", action="store_true", help="rebuild even if detectron2 imports")
     args = parser.parse_args()
     python = sys.executable
