@@ -1,0 +1,186 @@
+"""UWMTrainer: an instant-test run via tools/train_net.py, resume, hooks and a clean NaN stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch
+from detectron2.engine import hooks
+from detectron2.utils.events import EventStorage
+
+from uwm_d2.config import build_cfg
+from uwm_d2.core.errors import UWMInputError
+from uwm_d2.data.register import register_from_cfg
+from uwm_d2.engine import TrainingDivergedError, UWMTrainer, ValidationLoss
+from uwm_d2.engine.trainer import best_metric, prepare_cfg, trim_metrics_json
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+REPO = Path(__file__).resolve().parents[2]
+INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _train_net(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train_net.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.slow
+def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path) -> None:
+    data_root, coco = instant_data
+    out = tmp_path / "out"
+    command = [
+        "--config-file", str(INSTANT),
+        "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco),
+        "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu",
+    ]  # fmt: skip
+    first = _train_net(*command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("model_final.pth", "model_best.pth", "model_0000002.pth", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert (out / "inference" / "uwm_results_uwm_val.json").is_file()
+    rows = _rows(out / "metrics.json")
+    scores = [row["uwm/score"] for row in rows if "uwm/score" in row]
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)  # mid-run and final eval
+    assert any("validation_loss" in row for row in rows)
+    assert max(row["iteration"] for row in rows if "total_loss" in row) == 5
+
+    second = _train_net("--resume", *command, "SOLVER.MAX_ITER", "9")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "Starting training from iteration 6" in log
+    rows = _rows(out / "metrics.json")
+    iterations = [row["iteration"] for row in rows]
+    assert len(iterations) == len(set(iterations))  # no iteration logged twice
+    assert max(row["iteration"] for row in rows if "total_loss" in row) == 8
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 8
+
+
+@pytest.fixture
+def cfg(instant_data: tuple[Path, Path], tmp_path: Path) -> Any:
+    data_root, coco = instant_data
+    cfg = build_cfg(
+        INSTANT,
+        [
+            "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco),
+            "OUTPUT_DIR", str(tmp_path / "out"),
+            "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "TEST.EVAL_PERIOD", "0", "UWM.VAL_LOSS_PERIOD", "2",
+        ],
+    )  # fmt: skip
+    register_from_cfg(cfg)
+    return cfg
+
+
+def test_hooks_and_a_validation_loss_that_changes_nothing(cfg: Any) -> None:
+    trainer = UWMTrainer(cfg)
+    kinds = [type(hook) for hook in trainer._hooks]
+    evaluation = kinds.index(hooks.EvalHook)
+    assert evaluation < kinds.index(hooks.BestCheckpointer) < kinds.index(hooks.PeriodicWriter)
+    assert evaluation < kinds.index(ValidationLoss) < kinds.index(hooks.PeriodicWriter)
+    best = trainer._hooks[kinds.index(hooks.BestCheckpointer)]
+    assert best._val_metric == "uwm/score"
+
+    validation = trainer._hooks[kinds.index(ValidationLoss)]
+    model = trainer.model
+    buffers = {name: value.clone() for name, value in model.named_buffers()}
+    rng_state = torch.get_rng_state()
+    assert model.training
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        validation._do_loss()
+        value, _ = storage.latest()["validation_loss"]
+    assert value > 0 and model.training
+    assert all(torch.equal(buffers[name], value) for name, value in model.named_buffers())
+    assert torch.equal(torch.get_rng_state(), rng_state)
+
+    batch = next(iter(trainer.data_loader))
+    assert len(batch) == cfg.SOLVER.IMS_PER_BATCH and "instances" in batch[0]
+
+
+def test_nan_loss_stops_with_one_line(cfg: Any) -> None:
+    trainer = UWMTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    model = trainer.model
+    forward = model.forward
+
+    def diverging(batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        losses = forward(batched_inputs)
+        if trainer.iter >= 3:
+            losses["loss_cls"] = losses["loss_cls"] * float("nan")
+        return losses
+
+    model.forward = diverging
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger("detectron2.engine.train_loop").addHandler(handler)
+    try:
+        with pytest.raises(TrainingDivergedError) as error:
+            trainer.train()
+    finally:
+        logging.getLogger("detectron2.engine.train_loop").removeHandler(handler)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "training diverged at iteration 3" in message
+    assert "model_0000001.pth" in message  # the last checkpoint saved before the NaN
+    assert not any(record.exc_info for record in seen)  # no traceback in the log
+
+
+def test_amp_is_turned_off_off_cuda(cfg: Any, caplog: pytest.LogCaptureFixture) -> None:
+    amp = cfg.clone()
+    amp.defrost()
+    amp.SOLVER.AMP.ENABLED = True
+    amp.freeze()
+    with caplog.at_level(logging.WARNING, logger="uwm_d2.engine.trainer"):
+        prepared = prepare_cfg(amp)
+    assert prepared.SOLVER.AMP.ENABLED is False and amp.SOLVER.AMP.ENABLED is True
+    assert "SOLVER.AMP.ENABLED needs CUDA" in caplog.text
+
+
+def test_missing_weights_are_one_line(cfg: Any) -> None:
+    broken = cfg.clone()
+    broken.defrost()
+    broken.MODEL.WEIGHTS = "/nonexistent/model.pth"
+    broken.freeze()
+    trainer = UWMTrainer(broken)
+    with pytest.raises(UWMInputError, match="does not exist"):
+        trainer.resume_or_load(resume=False)
+
+
+def test_trim_metrics_json_and_best_metric(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    rows = [
+        {"iteration": 1, "total_loss": 2.0},
+        {"iteration": 2, "uwm/score": 0.4},
+        {"iteration": 5, "total_loss": 1.0},
+        {"iteration": 6, "uwm/score": 0.6},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"iteration": 7, "tot')
+    assert best_metric(path, "uwm/score") == (0.6, 6)
+    with path.open("a") as writer:  # the JSONWriter's handle, opened before the trim
+        assert trim_metrics_json(path, 6) == 2
+        writer.write(json.dumps({"iteration": 6, "total_loss": 0.5}) + "\n")
+    assert [row["iteration"] for row in _rows(path)] == [1, 2, 5, 6]
+    assert _rows(path)[-1] == {"iteration": 6, "total_loss": 0.5}
+    assert trim_metrics_json(tmp_path / "missing.json", 3) == 0

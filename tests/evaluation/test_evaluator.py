@@ -1,0 +1,219 @@
+"""UWMEvaluator on hand-made Instances, checked against the core metric computed directly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes, Instances
+from pycocotools import mask as mask_util
+
+from uwm_d2.core.ids import CLASSES
+from uwm_d2.core.merge import remove_single_slice_components
+from uwm_d2.core.metrics import score_volumes
+from uwm_d2.data.coco import make_coco
+from uwm_d2.data.register import register_uwm_datasets
+from uwm_d2.evaluation.evaluator import UWMEvaluator, flatten_result
+from uwm_d2.evaluation.postprocess import (
+    ThresholdedMaskInference,
+    instances_to_class_masks,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+DATASET = "uwm_val_fold0"
+
+
+@pytest.fixture(scope="module")
+def records(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    coco = tmp_path_factory.mktemp("coco") / "coco"
+    make_coco(phantom_root, coco, num_folds=2, workers=1, progress=False)
+    register_uwm_datasets(coco, phantom_root)
+    return DatasetCatalog.get(DATASET)
+
+
+def _truth(record: dict) -> np.ndarray:
+    """(3, H, W) truth, decoded here one annotation at a time (independent of the evaluator)."""
+    truth = np.zeros((3, record["height"], record["width"]), dtype=bool)
+    for ann in record["annotations"]:
+        truth[ann["category_id"]] |= mask_util.decode(ann["segmentation"]).astype(bool)
+    return truth
+
+
+def _instances(
+    masks: list[np.ndarray], scores: list[float], classes: list[int], shape
+) -> Instances:
+    instances = Instances(shape)
+    stacked = np.stack(masks) if masks else np.zeros((0, *shape), dtype=bool)
+    instances.pred_masks = torch.from_numpy(stacked)
+    instances.scores = torch.tensor(scores, dtype=torch.float32)
+    instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    instances.pred_boxes = Boxes(torch.zeros((len(masks), 4)))
+    return instances
+
+
+def _blob(shape: tuple[int, int], y: int, x: int, r: int = 6) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+
+
+def _expected(records: list[dict], preds: dict[str, np.ndarray], cleanup: bool = False) -> dict:
+    volumes, spacings = {}, {}
+    case_days = sorted({r["case_day"] for r in records})
+    for case_day in case_days:
+        group = sorted((r for r in records if r["case_day"] == case_day), key=lambda r: r["slice"])
+        truth = np.stack([_truth(r) for r in group])
+        pred = np.stack([preds.get(r["slice_id"], np.zeros_like(_truth(r))) for r in group])
+        spacings[case_day] = group[0]["spacing"]
+        for c, name in enumerate(CLASSES):
+            p = remove_single_slice_components(pred[:, c]) if cleanup else pred[:, c]
+            volumes[(case_day, name)] = (p, truth[:, c])
+    return score_volumes(volumes, spacings)
+
+
+def _run(evaluator: UWMEvaluator, records: list[dict], outputs: dict[str, Instances]) -> dict:
+    evaluator.reset()
+    items = [r for r in records if r["slice_id"] in outputs]
+    for start in range(0, len(items), 2):  # batches of two, as a loader would give
+        batch = items[start : start + 2]
+        evaluator.process(batch, [{"instances": outputs[r["slice_id"]]} for r in batch])
+    return evaluator.evaluate()
+
+
+def test_perfect_prediction_scores_one(records: list[dict]) -> None:
+    outputs = {}
+    for record in records:
+        truth = _truth(record)
+        present = [c for c in range(3) if truth[c].any()]
+        shape = (record["height"], record["width"])
+        outputs[record["slice_id"]] = _instances(
+            [truth[c] for c in present], [0.9] * len(present), present, shape
+        )
+    result = _run(UWMEvaluator(DATASET, distributed=False), records, outputs)["uwm"]
+    assert result["score"] == pytest.approx(1.0)
+    assert result["dice"] == 1.0 and result["hausdorff"] == 0.0
+    assert result["num_slices"] == len(records)
+
+
+def test_against_the_core_metric(records: list[dict], tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    outputs, preds = {}, {}
+    for index, record in enumerate(records):
+        shape = (record["height"], record["width"])
+        truth = _truth(record)
+        masks, scores, classes = [], [], []
+        expected = np.zeros_like(truth)
+        for c in range(3):
+            if truth[c].any() and rng.random() < 0.8:  # sometimes miss an organ
+                masks.append(truth[c] ^ _blob(shape, 40, 40, 3))  # and get it slightly wrong
+                scores.append(0.9)
+                classes.append(c)
+                expected[c] |= masks[-1]
+        if index % 3 == 0:  # a confident false positive, and a weak one the threshold removes
+            masks += [_blob(shape, 100, 120), _blob(shape, 150, 60)]
+            scores += [0.8, 0.3]
+            classes += [0, 2]
+            expected[0] |= masks[-2]
+        if index % 4 == 1:
+            continue  # no prediction at all for this slice: scored as empty
+        outputs[record["slice_id"]] = _instances(masks, scores, classes, shape)
+        preds[record["slice_id"]] = expected
+    evaluator = UWMEvaluator(DATASET, (0.5, 0.5, 0.5), distributed=False, output_dir=tmp_path)
+    result = _run(evaluator, records, outputs)
+    expected = _expected(records, preds)
+    assert set(result) == {"uwm"}
+    flat = result["uwm"]
+    assert flat == pytest.approx(flatten_result(expected))
+    assert 0.0 < flat["score"] < 1.0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+    for name in CLASSES:
+        assert f"dice/{name}" in flat and f"hausdorff/{name}" in flat and f"score/{name}" in flat
+    written = json.loads((tmp_path / f"uwm_results_{DATASET}.json").read_text())
+    assert written["score"] == pytest.approx(flat["score"])
+    assert written["per_class"]["stomach"]["dice"] == pytest.approx(flat["dice/stomach"])
+
+    cleaned = UWMEvaluator(DATASET, distributed=False, cleanup_3d=True)
+    cleaned_flat = _run(cleaned, records, outputs)["uwm"]
+    assert cleaned_flat == pytest.approx(flatten_result(_expected(records, preds, cleanup=True)))
+
+
+def test_thresholds_and_min_area(records: list[dict]) -> None:
+    record = records[0]
+    shape = (record["height"], record["width"])
+    big, small = _blob(shape, 50, 50, 10), _blob(shape, 120, 120, 2)  # 317 and 13 pixels
+    instances = _instances([big, small, big], [0.6, 0.9, 0.6], [0, 1, 2], shape)
+    masks = instances_to_class_masks(instances, (0.5, 0.5, 0.7), min_area=20)
+    assert masks.shape == (3, *shape) and masks.dtype == bool
+    np.testing.assert_array_equal(masks[0], big)
+    assert not masks[1].any()  # too small
+    assert not masks[2].any()  # below its class threshold
+    soft = _instances([big.astype(np.float32) * 0.6], [0.9], [1], shape)
+    assert instances_to_class_masks(soft, (0.5,) * 3, mask_threshold=0.5)[1].any()
+    assert not instances_to_class_masks(soft, (0.5,) * 3, mask_threshold=0.7)[1].any()
+    empty = instances_to_class_masks(_instances([], [], [], shape), (0.5,) * 3)
+    assert empty.shape == (3, *shape) and not empty.any()
+
+
+class _FakeRCNN(torch.nn.Module):
+    """Returns one whole-image instance whose mask probability is ``probability`` everywhere."""
+
+    def __init__(self, probability: float) -> None:
+        super().__init__()
+        self.probability = probability
+
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[Instances]:
+        assert not do_postprocess
+        results = []
+        for item in batched_inputs:
+            height, width = item["image"].shape[1:]
+            instances = Instances((height, width))
+            instances.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, width, height]]))
+            instances.scores = torch.tensor([0.9])
+            instances.pred_classes = torch.tensor([2])
+            instances.pred_masks = torch.full((1, 1, 28, 28), self.probability)
+            results.append(instances)
+        return results
+
+
+def test_postprocess_soft_keeps_probabilities() -> None:
+    """detectron2 0.6's detector_postprocess(mask_threshold=-1) gives bool masks; ours does not."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    from uwm_d2.evaluation.postprocess import postprocess_soft
+
+    (raw,) = _FakeRCNN(0.6).inference([{"image": torch.zeros(3, 64, 74)}], do_postprocess=False)
+    assert detector_postprocess(raw, 310, 360, mask_threshold=-1.0).pred_masks.dtype == torch.bool
+    soft = postprocess_soft(raw, 310, 360)
+    assert soft.pred_masks.dtype == torch.float32 and tuple(soft.pred_masks.shape) == (1, 310, 360)
+    assert float(soft.pred_masks[0, 150, 180]) == pytest.approx(0.6, abs=1 / 255)
+    assert soft.image_size == (310, 360) and soft.scores.tolist() == pytest.approx([0.9])
+    assert not soft.has("uwm_row")
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(0.5, True), (0.7, False)])
+def test_mask_threshold_reaches_the_pasted_masks(threshold: float, expected: bool) -> None:
+    model = ThresholdedMaskInference(_FakeRCNN(0.6), mask_threshold=threshold)
+    inputs = [{"image": torch.zeros(3, 64, 74), "height": 310, "width": 360}]
+    (output,) = model(inputs)
+    masks = output["instances"].pred_masks
+    assert tuple(masks.shape) == (1, 310, 360) and masks.dtype == torch.bool
+    assert bool(masks[0, 150, 180]) is expected  # the middle of the instance
+
+
+def test_non_main_rank_returns_nothing(
+    records: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uwm_d2.evaluation import evaluator as module
+
+    monkeypatch.setattr(module.comm, "gather", lambda data, dst=0: [])
+    monkeypatch.setattr(module.comm, "is_main_process", lambda: False)
+    evaluator = UWMEvaluator(DATASET, distributed=True)
+    evaluator.reset()
+    assert evaluator.evaluate() == {}

@@ -1,0 +1,123 @@
+"""Config keys, the shipped configs, and one-line errors for bad keys or values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+from detectron2.config import get_cfg
+
+from uwm_d2.config import add_uwm_config, build_cfg
+from uwm_d2.core.errors import UWMInputError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+CPU = ["MODEL.DEVICE", "cpu"]
+
+
+def test_add_uwm_config_defaults() -> None:
+    cfg = get_cfg()
+    add_uwm_config(cfg)
+    assert cfg.UWM.SLICE_OFFSETS == (-2, 0, 2)
+    assert cfg.UWM.EXCLUDE_BAD is True
+    assert 0 <= cfg.UWM.EMPTY_SLICE_RATIO < 1
+    assert len(cfg.UWM.EVAL.SCORE_THRESHOLDS) == 3
+    for key in ("HFLIP_PROB", "ROTATION_DEG", "SHIFT_FRACTION", "BRIGHTNESS", "CONTRAST", "GAMMA"):
+        assert key in cfg.UWM.AUG
+
+
+def test_every_uwm_key_has_a_comment() -> None:
+    """detectron2's convention: a one-line comment above every key of add_<project>_config."""
+    lines = (REPO / "uwm_d2" / "config.py").read_text().splitlines()
+    keys = [i for i, line in enumerate(lines) if line.strip().startswith("_C.UWM.")]
+    assert len(keys) > 20
+    for i in keys:
+        assert lines[i - 1].strip().startswith("#"), lines[i]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_build(path: Path) -> None:
+    cfg = build_cfg(path, CPU)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
+    assert cfg.INPUT.MASK_FORMAT == "bitmask"
+    assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False
+    assert len(cfg.MODEL.PIXEL_MEAN) == len(cfg.UWM.SLICE_OFFSETS)
+    # Self-contained: every _BASE_ stays inside this repository's configs/.
+    text = path.read_text()
+    for line in text.splitlines():
+        if line.startswith("_BASE_"):
+            base = (path.parent / line.split(":", 1)[1].strip().strip("\"'")).resolve()
+            assert base.is_relative_to(REPO / "configs") and base.is_file()
+
+
+def test_scratch_configs_do_not_use_frozen_bn() -> None:
+    for name in ("mask_rcnn_R_50_FPN_gn_scratch_uwm.yaml", "mask_rcnn_R_18_FPN_instant_test.yaml"):
+        cfg = build_cfg(next(p for p in CONFIGS if p.name == name), CPU)
+        assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.RESNETS.NORM in ("BN", "GN", "SyncBN")
+        assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
+
+
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        (["UWM.NOPE", "1"], "UWM.NOPE"),
+        (["UWM.FOLD", "abc"], "UWM.FOLD"),
+        (["UWM.FOLD"], "odd length"),
+        (["UWM.EMPTY_SLICE_RATIO", "1.0"], "UWM.EMPTY_SLICE_RATIO"),
+        (["UWM.SLICE_OFFSETS", "(-1, 0, 1, 2)"], "MODEL.PIXEL_MEAN has 3 values"),
+        (["UWM.EVAL.SCORE_THRESHOLDS", "(0.5,)"], "SCORE_THRESHOLDS needs 3 values"),
+        (["UWM.INTENSITY_LOW_PERCENTILE", "99.9"], "INTENSITY_LOW_PERCENTILE"),
+        (["MODEL.ROI_HEADS.NUM_CLASSES", "80"], "NUM_CLASSES must be 3"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(opts: list[str], match: str) -> None:
+    with pytest.raises(UWMInputError, match=match) as error:
+        build_cfg(INSTANT, opts)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_key_in_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f'_BASE_: "{INSTANT}"\nUWM:\n  NOT_A_KEY: 3\n')
+    with pytest.raises(UWMInputError, match=r"UWM\.NOT_A_KEY") as error:
+        build_cfg(path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(UWMInputError, match="does not exist"):
+        build_cfg(tmp_path / "missing.yaml")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_one_line() -> None:
+    with pytest.raises(UWMInputError, match=r"no CUDA GPU is available; add MODEL\.DEVICE cpu"):
+        build_cfg(INSTANT, ["MODEL.DEVICE", "cuda"])
+
+
+def test_train_net_prints_one_line_for_an_unknown_key(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "train_net.py"),
+            "--config-file",
+            str(INSTANT),
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "UWM.NOT_A_KEY",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "UWM.NOT_A_KEY" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written for a bad command line

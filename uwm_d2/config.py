@@ -1,0 +1,214 @@
+"""The project's config keys (``cfg.UWM``) and the one place that turns files + flags into a cfg.
+
+:func:`add_uwm_config` adds every project key under ``cfg.UWM`` (one comment each, detectron2's
+``add_<project>_config`` convention); everything else is a standard detectron2 key.
+:func:`build_cfg` and :func:`setup_cfg` are what ``tools/train_net.py`` calls, so the tool stays a
+few lines long and a mistyped key or value becomes a one-line
+:class:`~uwm_d2.core.errors.UWMInputError` that names the key instead of a yacs traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from detectron2.config import CfgNode as CN  # noqa: N817 (detectron2 spelling)
+from detectron2.config import get_cfg
+
+from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.ids import CLASSES
+from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS
+
+#: detectron2 sampler name (``DATALOADER.SAMPLER_TRAIN``) of the empty-slice-ratio sampler.
+EMPTY_RATIO_SAMPLER = "EmptySliceRatioSampler"
+
+
+def add_uwm_config(cfg: CN) -> None:
+    """Add the ``UWM`` subtree (every project key, with its default) to a detectron2 ``cfg``."""
+    _C = cfg  # noqa: N806 (detectron2's own add_*_config spelling)
+    _C.UWM = CN()
+    # Competition data root (holds train.csv and train/<case>/<case_day>/scans/*.png).
+    _C.UWM.DATA_ROOT = ""
+    # Folder of the COCO files (all.json, train_fold{k}.json, val_fold{k}.json); built from
+    # DATA_ROOT when it holds none yet. "" means <OUTPUT_DIR>/coco.
+    _C.UWM.COCO_DIR = ""
+    # Validation fold that the dataset names uwm_train / uwm_val stand for.
+    _C.UWM.FOLD = 0
+    # Number of grouped (by case) folds, used when the COCO files are built here.
+    _C.UWM.NUM_FOLDS = 5
+    # 2.5D input: one channel per offset, the slice at index + offset of the same case-day.
+    _C.UWM.SLICE_OFFSETS = tuple(DEFAULT_SLICE_OFFSETS)
+    # Intensity window: these percentiles of each 2.5D stack map to 0 and 255 (16-bit scans).
+    _C.UWM.INTENSITY_LOW_PERCENTILE = 0.5
+    # Upper percentile of the intensity window (see INTENSITY_LOW_PERCENTILE).
+    _C.UWM.INTENSITY_HIGH_PERCENTILE = 99.5
+    # Drop the case-days whose labels the data's hosts flagged as wrong (train and validation).
+    _C.UWM.EXCLUDE_BAD = True
+    # Share of empty slices in each training epoch of the EmptySliceRatioSampler, in [0, 1).
+    _C.UWM.EMPTY_SLICE_RATIO = 0.3
+
+    # Augmentation strengths (training only); the scale jitter is INPUT.MIN_SIZE_TRAIN.
+    _C.UWM.AUG = CN()
+    # Probability of a horizontal flip.
+    _C.UWM.AUG.HFLIP_PROB = 0.5
+    # Probability of a random rotation + shift (one affine warp of image and masks).
+    _C.UWM.AUG.AFFINE_PROB = 0.5
+    # Largest rotation, degrees either way.
+    _C.UWM.AUG.ROTATION_DEG = 10.0
+    # Largest shift, as a fraction of the image width / height, either way.
+    _C.UWM.AUG.SHIFT_FRACTION = 0.0625
+    # Probability of a random brightness / contrast / gamma change (image only).
+    _C.UWM.AUG.PHOTOMETRIC_PROB = 0.5
+    # Largest additive brightness change, as a fraction of the 0..255 range, either way.
+    _C.UWM.AUG.BRIGHTNESS = 0.1
+    # Largest relative contrast change around the image mean, either way.
+    _C.UWM.AUG.CONTRAST = 0.2
+    # Largest |log(gamma)| of the gamma change, applied to the [0, 1]-scaled image.
+    _C.UWM.AUG.GAMMA = 0.2
+
+    # Evaluation: how instances become one mask per class (the submission uses the same rule).
+    _C.UWM.EVAL = CN()
+    # Smallest instance score kept, one per class in uwm_d2.core.ids.CLASSES order.
+    _C.UWM.EVAL.SCORE_THRESHOLDS = (0.5, 0.5, 0.5)
+    # Probability cut for soft masks (detectron2's own postprocess already cuts at 0.5).
+    _C.UWM.EVAL.MASK_THRESHOLD = 0.5
+    # Smallest instance area in pixels (original resolution) kept.
+    _C.UWM.EVAL.MIN_AREA = 0
+    # Remove predicted 3D components that occupy a single slice before scoring.
+    _C.UWM.EVAL.CLEANUP_3D = False
+    # Also run detectron2's COCOEvaluator (segm AP) beside the competition metric.
+    _C.UWM.EVAL.COCO_AP = False
+
+    # Iterations between validation-loss estimates; 0 turns them off.
+    _C.UWM.VAL_LOSS_PERIOD = 500
+    # Images of the first TEST dataset (a fixed, seeded subset) each validation loss averages.
+    _C.UWM.VAL_LOSS_IMAGES = 32
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of a yacs/YAML error as one line (yacs puts the key in its message)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(text).split())
+
+
+def build_cfg(config_file: str | Path | None, opts: Sequence[str] = ()) -> CN:
+    """get_cfg → add_uwm_config → merge_from_file → merge_from_list → validate → freeze.
+
+    Args:
+        config_file: a YAML config (may use ``_BASE_``); ``None`` or ``""`` keeps the defaults.
+        opts: ``KEY VALUE`` pairs from the command line.
+
+    Raises:
+        UWMInputError: a missing or malformed config file, an unknown key, a value of the wrong
+            type, an odd-length override list or an inconsistent value; the message is one line
+            and names the key or file.
+    """
+    cfg = get_cfg()
+    add_uwm_config(cfg)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UWMInputError(f"config file {str(path)!r} does not exist")
+        try:
+            cfg.merge_from_file(str(path))
+        except (KeyError, AssertionError, ValueError, TypeError, yaml.YAMLError) as error:
+            raise UWMInputError(f"config file {str(path)!r}: {_one_line(error)}") from error
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError, TypeError) as error:
+        raise UWMInputError(f"command-line config override: {_one_line(error)}") from error
+    validate_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def validate_cfg(cfg: CN) -> None:
+    """Check the project keys and their consistency with the model keys.
+
+    Raises:
+        UWMInputError: naming the first key with a bad value.
+    """
+    uwm = cfg.UWM
+    channels = len(uwm.SLICE_OFFSETS)
+    if channels < 1 or not all(isinstance(offset, int) for offset in uwm.SLICE_OFFSETS):
+        raise UWMInputError(f"UWM.SLICE_OFFSETS must be integers, got {uwm.SLICE_OFFSETS}")
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        if len(cfg.MODEL[key]) != channels:
+            raise UWMInputError(
+                f"MODEL.{key} has {len(cfg.MODEL[key])} values but UWM.SLICE_OFFSETS makes "
+                f"{channels} input channels"
+            )
+    if not 0.0 <= uwm.INTENSITY_LOW_PERCENTILE < uwm.INTENSITY_HIGH_PERCENTILE <= 100.0:
+        raise UWMInputError(
+            "need 0 <= UWM.INTENSITY_LOW_PERCENTILE < UWM.INTENSITY_HIGH_PERCENTILE <= 100, got "
+            f"{uwm.INTENSITY_LOW_PERCENTILE} and {uwm.INTENSITY_HIGH_PERCENTILE}"
+        )
+    if not 0.0 <= uwm.EMPTY_SLICE_RATIO < 1.0:
+        raise UWMInputError(f"UWM.EMPTY_SLICE_RATIO must be in [0, 1), got {uwm.EMPTY_SLICE_RATIO}")
+    if uwm.NUM_FOLDS < 2 or uwm.FOLD < 0:
+        raise UWMInputError(
+            f"need UWM.FOLD >= 0 and UWM.NUM_FOLDS >= 2, got {uwm.FOLD} and {uwm.NUM_FOLDS}"
+        )
+    if len(uwm.EVAL.SCORE_THRESHOLDS) != len(CLASSES):
+        raise UWMInputError(
+            f"UWM.EVAL.SCORE_THRESHOLDS needs {len(CLASSES)} values ({', '.join(CLASSES)}), got "
+            f"{uwm.EVAL.SCORE_THRESHOLDS}"
+        )
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if num_classes != len(CLASSES):
+        raise UWMInputError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES must be {len(CLASSES)}, got {num_classes}"
+        )
+    for key in ("ROTATION_DEG", "SHIFT_FRACTION", "BRIGHTNESS", "CONTRAST", "GAMMA"):
+        value = uwm.AUG[key]
+        if not (math.isfinite(value) and value >= 0):
+            raise UWMInputError(f"UWM.AUG.{key} must be >= 0, got {value}")
+    for key in ("HFLIP_PROB", "AFFINE_PROB", "PHOTOMETRIC_PROB"):
+        if not 0.0 <= uwm.AUG[key] <= 1.0:
+            raise UWMInputError(f"UWM.AUG.{key} must be in [0, 1], got {uwm.AUG[key]}")
+    if uwm.AUG.CONTRAST >= 1.0:
+        raise UWMInputError(f"UWM.AUG.CONTRAST must be < 1, got {uwm.AUG.CONTRAST}")
+    if uwm.VAL_LOSS_PERIOD < 0 or uwm.VAL_LOSS_IMAGES < 1:
+        raise UWMInputError(
+            "UWM.VAL_LOSS_PERIOD must be >= 0 and UWM.VAL_LOSS_IMAGES >= 1, got "
+            f"{uwm.VAL_LOSS_PERIOD} and {uwm.VAL_LOSS_IMAGES}"
+        )
+    check_device(cfg)
+
+
+def check_device(cfg: CN) -> None:
+    """Raise a one-line ``UWMInputError`` when ``MODEL.DEVICE`` names a GPU this machine lacks."""
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UWMInputError(
+                f"MODEL.DEVICE is {device!r} but no CUDA GPU is available; add MODEL.DEVICE cpu"
+            )
+
+
+def setup_cfg(args: argparse.Namespace) -> CN:
+    """The whole ``setup(args)`` of a detectron2 tool: :func:`build_cfg` then ``default_setup``.
+
+    ``default_setup`` creates ``OUTPUT_DIR``, sets up logging (``OUTPUT_DIR/log.txt``; the
+    ``uwm_d2`` loggers too), saves the full config as ``OUTPUT_DIR/config.yaml`` and seeds the
+    random generators.
+    """
+    from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    cfg = build_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    # default_setup logs "detectron2" and "fvcore"; our modules log under "uwm_d2".
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uwm_d2", abbrev_name="uwm")
+    return cfg
+
+
+def coco_dir_of(cfg: CN) -> Path:
+    """``UWM.COCO_DIR``, or ``<OUTPUT_DIR>/coco`` when it is empty."""
+    return Path(cfg.UWM.COCO_DIR) if cfg.UWM.COCO_DIR else Path(cfg.OUTPUT_DIR) / "coco"

@@ -1,0 +1,154 @@
+"""The model input of one slice: the only place that turns 16-bit scans into what the network sees.
+
+Training (:class:`~uwm_d2.data.mapper.UWMDatasetMapper`) and inference both call
+:func:`build_model_input` / :func:`build_slice_input`, so the two can never disagree on the
+channels, the window or the range. No torch here: this is numpy over :mod:`uwm_d2.core.io`.
+
+The input is an ``(H, W, C)`` ``float32`` array, one channel per slice offset
+(``UWM.SLICE_OFFSETS``, default ``(-2, 0, 2)``) in that order, neighbours taken from the **same
+case-day** and clamped at its first and last slice. Its values are
+:func:`~uwm_d2.core.io.normalize_intensity` of the whole stack (one percentile window for all
+channels) times :data:`INPUT_SCALE` = 255, i.e. in ``[0, 255]``: the range detectron2's
+``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` conventions (and the COCO model-zoo weights) assume for
+8-bit photos, but kept in float so none of the 16-bit precision is lost to rounding. The configs
+set ``PIXEL_MEAN`` / ``PIXEL_STD`` for this range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.io import (
+    DEFAULT_SLICE_OFFSETS,
+    neighbor_indices,
+    normalize_intensity,
+    read_scan,
+    stack_25d,
+)
+
+#: The normalized ``[0, 1]`` window is multiplied by this: the model sees values in ``[0, 255]``.
+INPUT_SCALE: float = 255.0
+
+Reader = Callable[[Path], np.ndarray]
+
+
+def to_model_range(
+    stack: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
+) -> np.ndarray:
+    """Window a raw ``(H, W, C)`` stack (one window, all channels) to ``float32`` ``[0, 255]``."""
+    image = normalize_intensity(stack, low_percentile, high_percentile)
+    image *= np.float32(INPUT_SCALE)
+    return image
+
+
+def neighbor_files(
+    slice_paths: Sequence[str | Path], index: int, offsets: Sequence[int] = DEFAULT_SLICE_OFFSETS
+) -> list[str]:
+    """The files of the channels of slice ``index``: ``slice_paths[index + offset]``, clamped.
+
+    Args:
+        slice_paths: the scans of ONE case-day, sorted by slice number.
+        index: position of the centre slice in ``slice_paths``.
+        offsets: one channel per offset, in this order.
+    """
+    return [str(slice_paths[i]) for i in neighbor_indices(index, len(slice_paths), offsets)]
+
+
+def build_model_input(
+    channel_files: Sequence[str | Path],
+    low_percentile: float = 0.5,
+    high_percentile: float = 99.5,
+    reader: Reader = read_scan,
+) -> np.ndarray:
+    """The model input from the already chosen channel files (see :func:`neighbor_files`).
+
+    Returns:
+        ``(H, W, C)`` ``float32`` in ``[0, 255]``, channel ``c`` from ``channel_files[c]``.
+
+    Raises:
+        UWMInputError: a scan cannot be read or the channels differ in shape (names the file).
+    """
+    # The files are already the channels: stack the distinct ones as a "case-day" of slices (clamped
+    # ends repeat a file; it is read once), then pick the channels in order.
+    files = [str(path) for path in channel_files]
+    distinct = list(dict.fromkeys(files))
+    stack = stack_25d(distinct, 0, range(len(distinct)), reader=reader)
+    if len(distinct) != len(files):
+        stack = stack[..., [distinct.index(path) for path in files]]
+    return to_model_range(stack, low_percentile, high_percentile)
+
+
+def build_slice_input(
+    slice_paths: Sequence[str | Path],
+    index: int,
+    offsets: Sequence[int] = DEFAULT_SLICE_OFFSETS,
+    low_percentile: float = 0.5,
+    high_percentile: float = 99.5,
+    reader: Reader = read_scan,
+) -> np.ndarray:
+    """The model input of slice ``index`` of one case-day (``slice_paths`` sorted by slice).
+
+    Equal to ``build_model_input(neighbor_files(slice_paths, index, offsets), ...)``.
+
+    Returns:
+        ``(H, W, len(offsets))`` ``float32`` in ``[0, 255]``.
+    """
+    stack = stack_25d(slice_paths, index, offsets, reader=reader)
+    return to_model_range(stack, low_percentile, high_percentile)
+
+
+def group_by_case_day(
+    records: Iterable[Mapping[str, Any]],
+    case_day_key: str = "case_day",
+    slice_key: str = "slice",
+) -> dict[str, list[Mapping[str, Any]]]:
+    """Group slice records per case-day, each group sorted by slice number.
+
+    Neighbours for the 2.5D channels must come from the same case-day and in slice order; this is
+    the one grouping every caller uses. Works on COCO image records, detectron2 dataset dicts or
+    rows of :func:`uwm_d2.core.layout.index_scans` (as dicts).
+
+    Returns:
+        ``{case_day: [record, ...]}`` in sorted case-day order, each list sorted by ``slice_key``.
+
+    Raises:
+        UWMInputError: a record lacks one of the keys, or a case-day lists a slice number twice.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        try:
+            groups.setdefault(str(record[case_day_key]), []).append(record)
+        except KeyError as error:
+            raise UWMInputError(f"slice record has no {case_day_key!r}: {dict(record)}") from error
+    for case_day, group in groups.items():
+        try:
+            group.sort(key=lambda record: int(record[slice_key]))
+        except KeyError as error:
+            raise UWMInputError(f"a slice record of {case_day} has no {slice_key!r}") from error
+        numbers = [int(record[slice_key]) for record in group]
+        if len(set(numbers)) != len(numbers):
+            duplicate = next(n for n in numbers if numbers.count(n) > 1)
+            raise UWMInputError(f"{case_day} lists slice {duplicate} more than once")
+    return dict(sorted(groups.items()))
+
+
+def attach_neighbor_files(
+    records: Iterable[dict[str, Any]],
+    offsets: Sequence[int] = DEFAULT_SLICE_OFFSETS,
+    file_key: str = "file_name",
+) -> None:
+    """Give every record a ``"neighbor_files"`` list: its channel files, from its own case-day.
+
+    Each record needs ``case_day``, ``slice`` and ``file_key`` (an absolute or working-directory
+    path). Storing the few channel paths per record (rather than the case-day's whole file list)
+    keeps dataset dicts small when detectron2 pickles them for its workers.
+    """
+    for group in group_by_case_day(records).values():
+        paths = [record[file_key] for record in group]
+        for index, record in enumerate(group):
+            record["neighbor_files"] = neighbor_files(paths, index, offsets)

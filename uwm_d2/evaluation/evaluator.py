@@ -1,0 +1,231 @@
+"""``UWMEvaluator``: the competition metric and clinical figures as a detectron2 evaluator.
+
+* ``process()`` turns each slice's instances into one mask per class with the submission's merge
+  rule (:func:`~uwm_d2.evaluation.postprocess.instances_to_class_masks`) and keeps them only as
+  COCO-compressed RLE, so a whole validation fold fits in memory;
+* ``evaluate()`` gathers those from every rank (``comm.gather``), rebuilds each case-day's
+  ``(D, H, W)`` volumes per class (truth from the dataset dicts' annotations; a slice with no
+  prediction counts as empty, as in the competition), optionally removes single-slice components,
+  and scores them with :func:`uwm_d2.core.metrics.score_volumes`.
+
+The result is ``{"uwm": {...}}`` with flat float values (detectron2's ``EvalHook`` and
+``BestCheckpointer`` read ``uwm/score``): ``score``, ``dice``, ``hausdorff``,
+``{score,dice,hausdorff,dice_3d,hd95_mm}/<class>``, ``num_slices`` and ``num_case_days``. The
+full nested result is written to ``<output_dir>/uwm_results_<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from pycocotools import mask as mask_util
+
+from uwm_d2.core.atomic import atomic_write_text
+from uwm_d2.core.ids import CLASSES
+from uwm_d2.core.merge import remove_single_slice_components
+from uwm_d2.core.metrics import score_volumes
+from uwm_d2.data.inputs import group_by_case_day
+from uwm_d2.evaluation.postprocess import instances_to_class_masks
+
+logger = logging.getLogger(__name__)
+
+
+def _encode(masks: np.ndarray) -> list[dict[str, Any]]:
+    """``(C, H, W)`` bool → C COCO RLEs (one ``encode`` call for all channels)."""
+    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+
+
+def _decode(rles: Sequence[dict[str, Any]], shape: tuple[int, int]) -> np.ndarray:
+    """C COCO RLEs → ``(C, H, W)`` bool (a union for annotations is done by the caller)."""
+    if not rles:
+        return np.zeros((0, *shape), dtype=bool)
+    return np.moveaxis(mask_util.decode(list(rles)), 2, 0).astype(bool)
+
+
+def truth_masks(record: Mapping[str, Any]) -> np.ndarray:
+    """``(3, H, W)`` bool truth of one dataset dict: the union of its annotations per class."""
+    shape = (int(record["height"]), int(record["width"]))
+    truth = np.zeros((len(CLASSES), *shape), dtype=bool)
+    annotations = [ann for ann in record.get("annotations", []) if not ann.get("iscrowd", 0)]
+    if annotations:
+        decoded = _decode([ann["segmentation"] for ann in annotations], shape)
+        for ann, mask in zip(annotations, decoded, strict=True):
+            truth[ann["category_id"]] |= mask
+    return truth
+
+
+class _LazyVolumes(Mapping):
+    """``{(case_day, class): (pred_vol, truth_vol)}`` built one item at a time.
+
+    :func:`~uwm_d2.core.metrics.score_volumes` reads each pair once; building them on demand
+    keeps one case-day in memory instead of a whole fold's volumes (gigabytes for real folds).
+    """
+
+    def __init__(
+        self,
+        groups: Mapping[str, Sequence[Mapping[str, Any]]],
+        predictions: Mapping[str, list[dict[str, Any]]],
+        cleanup_3d: bool,
+    ) -> None:
+        self._groups = groups
+        self._predictions = predictions
+        self._cleanup_3d = cleanup_3d
+        self._keys = [(case_day, name) for case_day in groups for name in CLASSES]
+        self._cache: tuple[str, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._keys)
+
+    def __getitem__(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        case_day, name = key
+        if case_day not in self._groups or name not in CLASSES:
+            raise KeyError(key)
+        if self._cache is None or self._cache[0] != case_day:
+            self._cache = (case_day, *self._build(case_day))
+        class_index = CLASSES.index(name)
+        return self._cache[1][:, class_index], self._cache[2][:, class_index]
+
+    def _build(self, case_day: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(D, 3, H, W)`` predicted and true volumes of one case-day."""
+        records = self._groups[case_day]
+        shape = (int(records[0]["height"]), int(records[0]["width"]))
+        pred = np.zeros((len(records), len(CLASSES), *shape), dtype=bool)
+        truth = np.zeros_like(pred)
+        for depth, record in enumerate(records):
+            truth[depth] = truth_masks(record)
+            rles = self._predictions.get(record["slice_id"])
+            if rles is not None:
+                pred[depth] = _decode(rles, shape)
+        if self._cleanup_3d:
+            for class_index in range(len(CLASSES)):
+                pred[:, class_index] = remove_single_slice_components(pred[:, class_index])
+        return pred, truth
+
+
+def flatten_result(result: Mapping[str, Any]) -> dict[str, float]:
+    """The flat float dict detectron2's ``EvalHook`` needs from :func:`score_volumes`' result.
+
+    Undefined values (``hd95_mm`` of a class never present in both volumes) are left out rather
+    than written as NaN.
+    """
+    flat = {key: float(result[key]) for key in ("score", "dice", "hausdorff")}
+    for name, values in result["per_class"].items():
+        for key, value in values.items():
+            flat[f"{key}/{name}"] = float(value)
+    for name, values in result["clinical"].items():
+        for key, value in values.items():
+            if value is not None:
+                flat[f"{key}/{name}"] = float(value)
+    flat["num_slices"] = float(result["num_slices"])
+    flat["num_case_days"] = float(result["num_case_days"])
+    return flat
+
+
+class UWMEvaluator(DatasetEvaluator):
+    """Competition score of a detectron2 model on a registered ``uwm_*`` dataset.
+
+    Args:
+        dataset_name: a dataset of :mod:`uwm_d2.data.register` (its dicts are the truth).
+        score_thresholds, mask_threshold, min_area: the merge rule (``UWM.EVAL``).
+        cleanup_3d: remove predicted 3D components that occupy a single slice before scoring.
+        distributed: gather the predictions of every rank to the main one.
+        output_dir: where the nested result JSON goes (``None``: not written).
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        score_thresholds: Sequence[float] = (0.5, 0.5, 0.5),
+        mask_threshold: float = 0.5,
+        min_area: int = 0,
+        cleanup_3d: bool = False,
+        distributed: bool = True,
+        output_dir: str | Path | None = None,
+    ) -> None:
+        self._dataset_name = dataset_name
+        self._merge = {
+            "score_thresholds": tuple(float(value) for value in score_thresholds),
+            "mask_threshold": float(mask_threshold),
+            "min_area": int(min_area),
+        }
+        self._cleanup_3d = bool(cleanup_3d)
+        self._distributed = distributed
+        self._output_dir = Path(output_dir) if output_dir else None
+        self._predictions: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, dataset_name: str, output_dir: str | Path | None = None
+    ) -> UWMEvaluator:
+        """An evaluator with the ``UWM.EVAL`` thresholds of ``cfg``."""
+        from uwm_d2.evaluation.postprocess import merge_kwargs_from_cfg
+
+        return cls(
+            dataset_name,
+            **merge_kwargs_from_cfg(cfg),
+            cleanup_3d=cfg.UWM.EVAL.CLEANUP_3D,
+            output_dir=output_dir,
+        )
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for item, output in zip(inputs, outputs, strict=True):
+            masks = instances_to_class_masks(output["instances"], **self._merge)
+            self._predictions.append({"slice_id": item["slice_id"], "rles": _encode(masks)})
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        if self._distributed:
+            comm.synchronize()
+            gathered = comm.gather(self._predictions, dst=0)
+            if not comm.is_main_process():
+                return {}
+            predictions = [p for rank_predictions in gathered for p in rank_predictions]
+        else:
+            predictions = self._predictions
+        if not predictions:
+            logger.warning(f"[UWMEvaluator] no predictions for {self._dataset_name}")
+            return {}
+        by_slice = {p["slice_id"]: p["rles"] for p in predictions}
+        records = DatasetCatalog.get(self._dataset_name)
+        known = {record["slice_id"] for record in records}
+        unknown = len(set(by_slice) - known)
+        missing = len(known - set(by_slice))
+        if unknown:
+            logger.warning(f"[UWMEvaluator] {unknown} predicted slices are not in the dataset")
+        if missing:
+            logger.warning(f"[UWMEvaluator] {missing} slices have no prediction: scored as empty")
+        groups = group_by_case_day(records)
+        spacings = {case_day: tuple(group[0]["spacing"]) for case_day, group in groups.items()}
+        result = score_volumes(_LazyVolumes(groups, by_slice, self._cleanup_3d), spacings)
+        self._write(result)
+        flat = flatten_result(result)
+        logger.info(
+            f"[UWMEvaluator] {self._dataset_name}: score {flat['score']:.4f} "
+            f"(dice {flat['dice']:.4f}, hausdorff {flat['hausdorff']:.4f})"
+        )
+        return {"uwm": flat}
+
+    def _write(self, result: dict[str, Any]) -> None:
+        if self._output_dir is None:
+            return
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        document = {
+            "dataset": self._dataset_name,
+            "merge": {**self._merge, "cleanup_3d": self._cleanup_3d},
+            **result,
+        }
+        path = self._output_dir / f"uwm_results_{self._dataset_name}.json"
+        atomic_write_text(path, json.dumps(document, indent=2) + "\n")
