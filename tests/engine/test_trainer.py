@@ -22,6 +22,7 @@ from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.data.register import register_from_cfg
 from uwm_d2.engine import TrainingDivergedError, UWMTrainer, ValidationLoss
+from uwm_d2.engine.checkpoint import AtomicCheckpointer
 from uwm_d2.engine.trainer import best_metric, prepare_cfg, trim_metrics_json
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -184,3 +185,32 @@ def test_trim_metrics_json_and_best_metric(tmp_path: Path) -> None:
     assert [row["iteration"] for row in _rows(path)] == [1, 2, 5, 6]
     assert _rows(path)[-1] == {"iteration": 6, "total_loss": 0.5}
     assert trim_metrics_json(tmp_path / "missing.json", 3) == 0
+
+
+def test_checkpoints_are_atomic_and_carry_the_optimizer(cfg: Any, tmp_path: Path) -> None:
+    """A save that dies half-way leaves the previous checkpoint and tag intact; a finished
+    save holds the optimizer's momentum and loads with weights_only=True."""
+    trainer = UWMTrainer(cfg)
+    checkpointer = trainer.checkpointer
+    assert isinstance(checkpointer, AtomicCheckpointer)
+    with EventStorage(0) as trainer.storage:
+        trainer.iter = 0
+        trainer.run_step()  # one SGD step creates momentum buffers
+    checkpointer.save("model_a")
+    saved = torch.load(Path(cfg.OUTPUT_DIR) / "model_a.pth", weights_only=True)
+    assert saved["trainer"]["_trainer"]["optimizer"]["state"]  # momentum survives a resume
+
+    def dying_save(data: Any, path: Any) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    original = torch.save
+    torch.save = dying_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpointer.save("model_a")
+    finally:
+        torch.save = original
+    assert torch.load(Path(cfg.OUTPUT_DIR) / "model_a.pth", weights_only=True)["model"]
+    assert (Path(cfg.OUTPUT_DIR) / "last_checkpoint").read_text() == "model_a.pth"
+    assert not [name for name in os.listdir(cfg.OUTPUT_DIR) if ".tmp-" in name]

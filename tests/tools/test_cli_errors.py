@@ -380,17 +380,6 @@ def train_args(
     return args
 
 
-EVAL_ONLY_FIX = (
-    "tools/train_net.py --eval-only loads MODEL.WEIGHTS with DetectionCheckpointer.resume_or_load, "
-    "which only warns about shape mismatches and then evaluates a half-random model; it should "
-    "load through uwm_d2.inference.predictor.load_checkpoint (strict, data-only)"
-)
-EMPTY_OUTPUT_DIR_FIX = (
-    "uwm_d2.data.register.ensure_coco_files creates OUTPUT_DIR (coco_dir.parent.mkdir) before "
-    "make_coco has validated the data, so a bad train.csv leaves an empty new OUTPUT_DIR; build "
-    "first (build_coco), then mkdir and write_coco"
-)
-
 CASES: dict[str, Case] = {
     # make_coco: train.csv, train/ scans, the output folder.
     "coco-rle-odd-tokens": Case(
@@ -510,7 +499,6 @@ CASES: dict[str, Case] = {
         "train_net",
         set_cell("train.csv", "class", "liver"),
         train_args(),
-        xfail=EMPTY_OUTPUT_DIR_FIX,
     ),
     "train-output-dir-unwritable": Case(
         "train_net", locked_output, train_args(output="locked/train")
@@ -521,8 +509,6 @@ CASES: dict[str, Case] = {
         train_args(
             "UWM.COCO_DIR", "{tmp}/coco", "MODEL.WEIGHTS", "{model_4_classes}", eval_only=True
         ),
-        xfail=EVAL_ONLY_FIX,
-        run=False,  # until fixed it evaluates the whole validation fold: ~25 s of CPU
         uses_checkpoints=True,
     ),
 }

@@ -47,6 +47,7 @@ from uwm_d2.config import EMPTY_RATIO_SAMPLER, check_device
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.data.mapper import UWMDatasetMapper
 from uwm_d2.data.samplers import EmptySliceRatioSampler
+from uwm_d2.engine.checkpoint import AtomicCheckpointer
 from uwm_d2.engine.hooks import ValidationLoss
 from uwm_d2.evaluation.evaluator import UWMEvaluator
 from uwm_d2.evaluation.postprocess import ThresholdedMaskInference
@@ -138,6 +139,22 @@ class UWMTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(prepare_cfg(cfg))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpointed trainer state, with the optimizer's (momentum, AMP scaler) added.
+
+        detectron2 0.6's ``DefaultTrainer`` saves only the iteration and the hooks (scheduler):
+        ``--resume`` would restart SGD momentum from zero. Plain tensors and numbers, so the
+        checkpoint still loads with ``torch.load(weights_only=True)``.
+        """
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "_trainer" in state:  # checkpoints written before this key existed lack it
+            self._trainer.load_state_dict(state["_trainer"])
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
         dataset = get_detection_dataset_dicts(
@@ -214,6 +231,15 @@ class UWMTrainer(DefaultTrainer):
     def build_hooks(self) -> list[hooks.HookBase]:
         """detectron2's hooks, plus BestCheckpointer right after EvalHook (it reads the results
         EvalHook stores) and the validation loss before the writers."""
+        # Before any hook holds it: swap in the checkpointer that writes files atomically.
+        if not isinstance(self.checkpointer, AtomicCheckpointer):
+            plain = self.checkpointer
+            self.checkpointer = AtomicCheckpointer(
+                plain.model,
+                plain.save_dir,
+                save_to_disk=plain.save_to_disk,
+                **plain.checkpointables,
+            )
         hook_list = [hook for hook in super().build_hooks() if hook is not None]
         after_eval = (
             next(i for i, hook in enumerate(hook_list) if isinstance(hook, hooks.EvalHook)) + 1
