@@ -248,3 +248,16 @@ def test_stack_25d_propagates_a_bad_file(tmp_path: Path) -> None:
     paths[2].write_bytes(b"garbage")
     with pytest.raises(UWMInputError, match=paths[2].name):
         stack_25d(paths, 1)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint16, 65535), (np.uint16, 40), (np.uint8, 255)])
+@pytest.mark.parametrize("window", [(0.5, 99.5), (0.0, 100.0), (13.7, 50.0), (0.0, 0.001)])
+def test_integer_window_equals_numpy_percentile(dtype, top, window):
+    """The histogram path for 8/16-bit scans gives np.percentile's values exactly."""
+    from uwm_d2.core.io import intensity_window
+
+    rng = np.random.default_rng(int(top) + int(window[1] * 10))
+    for shape in [(1,), (2,), (7, 9), (31, 17, 3)]:
+        image = rng.integers(0, top, shape, dtype=dtype, endpoint=True)
+        expected = np.percentile(image, window)
+        np.testing.assert_allclose(intensity_window(image, *window), expected, rtol=0, atol=1e-9)
