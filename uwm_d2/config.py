@@ -10,6 +10,7 @@ few lines long and a mistyped key or value becomes a one-line
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,6 +204,10 @@ def setup_cfg(args: argparse.Namespace) -> CN:
     from detectron2.utils.logger import setup_logger
 
     cfg = build_cfg(args.config_file, args.opts)
+    # default_setup's environment report imports torch.utils.cpp_extension, which warns on stderr
+    # that no CUDA toolkit is found; we compile nothing, and the warning would break the
+    # one-line error contract of the tools.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     default_setup(cfg, args)
     # default_setup logs "detectron2" and "fvcore"; our modules log under "uwm_d2".
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uwm_d2", abbrev_name="uwm")
