@@ -214,3 +214,50 @@ def test_checkpoints_are_atomic_and_carry_the_optimizer(cfg: Any, tmp_path: Path
     assert torch.load(Path(cfg.OUTPUT_DIR) / "model_a.pth", weights_only=True)["model"]
     assert (Path(cfg.OUTPUT_DIR) / "last_checkpoint").read_text() == "model_a.pth"
     assert not [name for name in os.listdir(cfg.OUTPUT_DIR) if ".tmp-" in name]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_where_its_last_checkpoint_left(
+    instant_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """SIGKILL mid-run, then --resume: same iteration count, one metrics row per iteration."""
+    import signal
+    import time
+
+    data_root, coco = instant_data
+    out = tmp_path / "out"
+    command = [
+        sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(INSTANT),
+        "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "OUTPUT_DIR", str(out),
+        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "4",
+        "TEST.EVAL_PERIOD", "0", "UWM.VAL_LOSS_PERIOD", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    try:
+        # Kill once a checkpoint past the first exists and training has moved on beyond it.
+        while not (out / "model_0000007.pth").exists():
+            assert process.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    last = (out / "last_checkpoint").read_text().strip()
+    resumed_from = torch.load(out / last, weights_only=True)["iteration"] + 1
+    assert resumed_from >= 8
+
+    second = subprocess.run(
+        [*command[:2], "--resume", *command[2:], "SOLVER.MAX_ITER", str(resumed_from + 2)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"Starting training from iteration {resumed_from}" in (out / "log.txt").read_text()
+    rows = _rows(out / "metrics.json")
+    iterations = [row["iteration"] for row in rows]
+    assert len(iterations) == len(set(iterations))
+    assert max(row["iteration"] for row in rows if "total_loss" in row) == resumed_from + 1
