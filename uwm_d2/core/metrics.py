@@ -20,7 +20,7 @@ a fraction of a second.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -298,3 +298,31 @@ def score_volumes(
         "num_slices": int(sum(depth_of.values())),
         "num_case_days": len(depth_of),
     }
+
+
+class LazyVolumes(Mapping):
+    """Base of ``{(case_day, class): (pred_vol, truth_vol)}`` mappings built on access.
+
+    :func:`score_volumes` reads each pair once; building them on demand keeps one case-day in
+    memory instead of a whole test set's volumes (gigabytes on real data). Subclasses implement
+    :meth:`_load`, the pair of one key; the keys are every class of every given case-day.
+    """
+
+    def __init__(self, case_days: Sequence[str]) -> None:
+        self._case_days = frozenset(case_days)
+        self._keys = [(case_day, name) for case_day in case_days for name in CLASSES]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._keys)
+
+    def __getitem__(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        case_day, name = key
+        if case_day not in self._case_days or name not in CLASSES:
+            raise KeyError(key)
+        return self._load(case_day, name)
+
+    def _load(self, case_day: str, class_name: str) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError

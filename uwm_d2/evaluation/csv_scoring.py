@@ -10,7 +10,6 @@ that case-day in slice-number order; scan shapes and spacings come from the scan
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pandas as pd
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM
 from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
-from uwm_d2.core.metrics import score_volumes
+from uwm_d2.core.metrics import LazyVolumes, score_volumes
 from uwm_d2.core.rle import parse_rle, rle_decode
 
 
@@ -39,7 +38,7 @@ def _index_data_root(root: Path) -> pd.DataFrame:
     return scans.set_index("id")
 
 
-class _LazyVolumes(Mapping):
+class _LazyVolumes(LazyVolumes):
     """``{(case_day, class): (pred_vol, truth_vol)}`` decoded on access, one volume pair at a time.
 
     A real test set holds ~150 case-days of up to 144 x 360 x 310 voxels per class; decoding all of
@@ -58,18 +57,9 @@ class _LazyVolumes(Mapping):
         self._slices, self._shapes = slices, shapes
         self._truth, self._pred = truth, pred
         self._names = (truth_name, pred_name)
-        self._keys = [(case_day, name) for case_day in slices for name in CLASSES]
+        super().__init__(list(slices))
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._keys)
-
-    def __getitem__(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-        case_day, name = key
-        if case_day not in self._slices or name not in CLASSES:
-            raise KeyError(key)
+    def _load(self, case_day: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         ids = self._slices[case_day]
         height, width = self._shapes[case_day]
         pred = np.zeros((len(ids), height, width), dtype=bool)

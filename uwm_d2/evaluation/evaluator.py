@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from pycocotools import mask as mask_util
 from uwm_d2.core.atomic import atomic_write_text
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import remove_single_slice_components
-from uwm_d2.core.metrics import score_volumes
+from uwm_d2.core.metrics import LazyVolumes, score_volumes
 from uwm_d2.data.inputs import group_by_case_day
 from uwm_d2.evaluation.postprocess import instances_to_class_masks
 
@@ -62,7 +62,7 @@ def truth_masks(record: Mapping[str, Any]) -> np.ndarray:
     return truth
 
 
-class _LazyVolumes(Mapping):
+class _LazyVolumes(LazyVolumes):
     """``{(case_day, class): (pred_vol, truth_vol)}`` built one item at a time.
 
     :func:`~uwm_d2.core.metrics.score_volumes` reads each pair once; building them on demand
@@ -78,19 +78,10 @@ class _LazyVolumes(Mapping):
         self._groups = groups
         self._predictions = predictions
         self._cleanup_3d = cleanup_3d
-        self._keys = [(case_day, name) for case_day in groups for name in CLASSES]
         self._cache: tuple[str, np.ndarray, np.ndarray] | None = None
+        super().__init__(list(groups))
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._keys)
-
-    def __getitem__(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-        case_day, name = key
-        if case_day not in self._groups or name not in CLASSES:
-            raise KeyError(key)
+    def _load(self, case_day: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is None or self._cache[0] != case_day:
             self._cache = (case_day, *self._build(case_day))
         class_index = CLASSES.index(name)
