@@ -9,8 +9,13 @@ Examples:
         --data-root demo_output/data --tta --out demo_output/submission.csv \\
         MODEL.WEIGHTS demo_output/train/model_final.pth MODEL.DEVICE cpu
 
+    python tools/infer_submit.py --ensemble ensemble.yaml --data-root DATA --tta \
+        --out submission.csv MODEL.DEVICE cuda
+
 Rows follow the sample submission (default ROOT/sample_submission.csv; a sample with no rows gives a
-header-only file). Several comma-separated checkpoints in MODEL.WEIGHTS make an ensemble.
+header-only file). Several comma-separated checkpoints in MODEL.WEIGHTS make an ensemble of one
+config; --ensemble FILE ensembles several configs (model kinds), with weights; see
+uwm_d2/inference/ensemble.py for the format. KEY VALUE overrides apply to every config.
 A checkpoint is code: load only checkpoints from a source you trust.
 """
 
@@ -29,8 +34,10 @@ def parse_args() -> argparse.Namespace:
         epilog="\n".join(__doc__.splitlines()[2:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file", required=True, help="the config the model was trained with"
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--config-file", help="the config the model was trained with")
+    models.add_argument(
+        "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
     )
     parser.add_argument("--data-root", required=True, type=Path, help="competition-layout root")
     parser.add_argument("--split", default="test", help="sub-folder of scans (default: test)")
@@ -62,20 +69,20 @@ def main() -> int:
         read_sample_submission(sample)
     from detectron2.utils.logger import setup_logger
 
-    from uwm_d2.config import build_cfg
+    from uwm_d2.inference.ensemble import build_predictor
     from uwm_d2.inference.pipeline import predict_submission
 
     setup_logger(name="uwm_d2", abbrev_name="uwm")
     logging.getLogger("fvcore").setLevel(logging.WARNING)
-    cfg = build_cfg(args.config_file, args.opts)
+    predictor = build_predictor(
+        args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
+    )
     summary = predict_submission(
-        cfg,
+        predictor,
         args.data_root,
         args.out,
         split=args.split,
         sample_submission=args.sample_submission,
-        tta=args.tta,
-        batch_size=args.batch_size,
     )
     print(
         f"wrote {summary.path}: {summary.rows} rows ({summary.non_empty_rows} with a mask) for "

@@ -19,6 +19,7 @@ import yaml
 from detectron2.config import CfgNode as CN  # noqa: N817 (detectron2 spelling)
 from detectron2.config import get_cfg
 
+import uwm_d2.modeling  # noqa: F401 (registers the meta-architectures and heads of the configs)
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS
@@ -80,8 +81,21 @@ def add_uwm_config(cfg: CN) -> None:
     _C.UWM.EVAL.MIN_AREA = 0
     # Remove predicted 3D components that occupy a single slice before scoring.
     _C.UWM.EVAL.CLEANUP_3D = False
+    # A model with instance and semantic heads: weight of the semantic maps in their average.
+    _C.UWM.EVAL.SEMANTIC_WEIGHT = 0.5
     # Also run detectron2's COCOEvaluator (segm AP) beside the competition metric.
     _C.UWM.EVAL.COCO_AP = False
+
+    # The multi-label semantic head (MultiLabelSemSegHead): weights of its two losses.
+    _C.UWM.SEMANTIC = CN()
+    # Weight of the per-pixel binary cross-entropy.
+    _C.UWM.SEMANTIC.BCE_WEIGHT = 1.0
+    # Weight of the soft Dice loss (per class, over the batch).
+    _C.UWM.SEMANTIC.DICE_WEIGHT = 1.0
+
+    # Periodic checkpoints (model_XXXXXXX.pth) kept on disk, newest first; 0 keeps all.
+    # model_final.pth and model_best.pth (weights only) are always kept.
+    _C.UWM.KEEP_CHECKPOINTS = 2
 
     # Iterations between validation-loss estimates; 0 turns them off.
     _C.UWM.VAL_LOSS_PERIOD = 500
@@ -158,11 +172,23 @@ def validate_cfg(cfg: CN) -> None:
             f"UWM.EVAL.SCORE_THRESHOLDS needs {len(CLASSES)} values ({', '.join(CLASSES)}), got "
             f"{uwm.EVAL.SCORE_THRESHOLDS}"
         )
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if num_classes != len(CLASSES):
+    heads = {"ROI_HEADS": _has_instance_head(cfg), "SEM_SEG_HEAD": _has_semantic_head(cfg)}
+    for key in [key for key, built in heads.items() if built]:
+        num_classes = cfg.MODEL[key].NUM_CLASSES
+        if num_classes != len(CLASSES):
+            raise UWMInputError(
+                f"MODEL.{key}.NUM_CLASSES must be {len(CLASSES)}, got {num_classes}"
+            )
+    if not 0.0 < uwm.EVAL.MASK_THRESHOLD <= 1.0:
         raise UWMInputError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES must be {len(CLASSES)}, got {num_classes}"
+            f"UWM.EVAL.MASK_THRESHOLD must be in (0, 1], got {uwm.EVAL.MASK_THRESHOLD}"
         )
+    if not 0.0 <= uwm.EVAL.SEMANTIC_WEIGHT <= 1.0:
+        raise UWMInputError(
+            f"UWM.EVAL.SEMANTIC_WEIGHT must be in [0, 1], got {uwm.EVAL.SEMANTIC_WEIGHT}"
+        )
+    if uwm.KEEP_CHECKPOINTS < 0:
+        raise UWMInputError(f"UWM.KEEP_CHECKPOINTS must be >= 0, got {uwm.KEEP_CHECKPOINTS}")
     for key in ("ROTATION_DEG", "SHIFT_FRACTION", "BRIGHTNESS", "CONTRAST", "GAMMA"):
         value = uwm.AUG[key]
         if not (math.isfinite(value) and value >= 0):
@@ -178,6 +204,16 @@ def validate_cfg(cfg: CN) -> None:
             f"{uwm.VAL_LOSS_PERIOD} and {uwm.VAL_LOSS_IMAGES}"
         )
     check_device(cfg)
+
+
+def _has_instance_head(cfg: CN) -> bool:
+    """Whether the configured meta-architecture builds ``MODEL.ROI_HEADS``."""
+    return cfg.MODEL.META_ARCHITECTURE != "UWMSemanticSegmentor"
+
+
+def _has_semantic_head(cfg: CN) -> bool:
+    """Whether the configured meta-architecture builds ``MODEL.SEM_SEG_HEAD``."""
+    return cfg.MODEL.META_ARCHITECTURE in ("UWMSemanticSegmentor", "UWMPanopticFPN")
 
 
 def check_device(cfg: CN) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from uwm_d2.core.merge import merge_instances, remove_single_slice_components
+from uwm_d2.core.merge import MergeRule, remove_single_slice_components
+
+
+def merge_instances(
+    masks, scores, classes, score_thresholds, mask_threshold=0.5, min_area=0, image_shape=None
+):
+    """The rule's instance merge, spelt as a function for the table-like tests below."""
+    rule = MergeRule(tuple(score_thresholds), mask_threshold, min_area)
+    return rule.merge_instances(masks, scores, classes, image_shape=image_shape)
 
 
 def _box(shape: tuple[int, int], rows: slice, cols: slice, value: float = 1.0) -> np.ndarray:
@@ -85,9 +93,9 @@ def test_no_instances_gives_empty_masks() -> None:
         merge_instances(np.zeros((0,)), [], [], [0.5] * 3)
 
 
-def test_num_classes_sets_the_channels() -> None:
+def test_the_number_of_thresholds_sets_the_channels() -> None:
     masks = np.ones((1, 2, 2), dtype=bool)
-    merged = merge_instances(masks, [1.0], [4], [0.0] * 5, num_classes=5)
+    merged = merge_instances(masks, [1.0], [4], [0.0] * 5)
     assert merged.shape == (5, 2, 2)
     assert merged[4].all() and not merged[:4].any()
 
@@ -96,8 +104,10 @@ def test_merge_rejects_inconsistent_input() -> None:
     masks = np.ones((2, 3, 3), dtype=bool)
     with pytest.raises(ValueError, match="lengths"):
         merge_instances(masks, [1.0], [0], [0.5] * 3)
-    with pytest.raises(ValueError, match="thresholds"):
-        merge_instances(masks, [1.0, 1.0], [0, 0], [0.5] * 2)
+    with pytest.raises(ValueError, match="threshold"):
+        merge_instances(masks, [1.0, 1.0], [0, 0], [])
+    with pytest.raises(ValueError, match="mask_threshold"):
+        merge_instances(masks, [1.0, 1.0], [0, 0], [0.5] * 3, mask_threshold=0.0)
     with pytest.raises(ValueError, match=r"0\.\.2"):
         merge_instances(masks, [1.0, 1.0], [0, 3], [0.5] * 3)
     with pytest.raises(ValueError, match="integers"):
@@ -135,25 +145,72 @@ class TestClassProbabilityMaps:
     """The soft merge: its cut at the mask threshold is merge_instances, for any instances."""
 
     def test_cut_equals_merge_instances_on_random_instances(self):
-        from uwm_d2.core.merge import class_probability_maps
-
         rng = np.random.default_rng(7)
         for _ in range(20):
             count = int(rng.integers(0, 6))
             masks = rng.random((count, 12, 9)).astype(np.float32)
             scores = rng.random(count)
             classes = rng.integers(0, 3, count)
-            args = (masks, scores, classes, (0.3, 0.5, 0.7), 0.6, 20)
-            maps = class_probability_maps(*args, image_shape=(12, 9))
+            rule = MergeRule((0.3, 0.5, 0.7), mask_threshold=0.6, min_area=20)
+            maps = rule.instance_maps(masks, scores, classes, image_shape=(12, 9))
             assert maps.shape == (3, 12, 9) and maps.dtype == np.float32
-            np.testing.assert_array_equal(maps >= 0.6, merge_instances(*args, image_shape=(12, 9)))
+            # The independent hard form: union of each class's kept, binarized instances.
+            binary = masks >= 0.6
+            kept = (scores >= np.array([0.3, 0.5, 0.7])[classes]) & (
+                binary.reshape(count, 12 * 9).sum(axis=1) >= 20
+            )
+            expected = np.zeros((3, 12, 9), dtype=bool)
+            for index in np.flatnonzero(kept):
+                expected[classes[index]] |= binary[index]
+            np.testing.assert_array_equal(maps >= 0.6, expected)
+            np.testing.assert_array_equal(
+                rule.merge_instances(masks, scores, classes, image_shape=(12, 9)), expected
+            )
 
     def test_map_is_the_max_of_kept_instances_only(self):
-        from uwm_d2.core.merge import class_probability_maps
-
         masks = np.array([[[0.9, 0.2]], [[0.4, 0.8]], [[1.0, 1.0]]], dtype=np.float32)
-        maps = class_probability_maps(
-            masks, np.array([0.9, 0.9, 0.1]), np.array([1, 1, 1]), (0.5, 0.5, 0.5)
-        )
+        maps = MergeRule().instance_maps(masks, np.array([0.9, 0.9, 0.1]), np.array([1, 1, 1]))
         np.testing.assert_allclose(maps[1], [[0.9, 0.8]])  # third instance's score is too low
         assert not maps[0].any() and not maps[2].any()
+
+
+class TestVolumeMasks:
+    """Probability maps of a whole case-day → masks: the cut, then the optional 3D clean-up."""
+
+    def test_cut_then_cleanup_per_class(self):
+        maps = np.zeros((4, 3, 6, 6), dtype=np.float32)
+        maps[0:3, 0, 1:3, 1:3] = 0.8  # three slices deep: kept by the clean-up
+        maps[2, 1, 4, 4] = 0.9  # one slice only: removed by the clean-up
+        maps[1, 2, 0, 0] = 0.4  # below the cut
+        plain = MergeRule().volume_masks(maps)
+        np.testing.assert_array_equal(plain, maps >= 0.5)
+        cleaned = MergeRule(cleanup_3d=True).volume_masks(maps)
+        assert cleaned[0:3, 0, 1:3, 1:3].all() and cleaned[:, 0].sum() == 12
+        assert not cleaned[:, 1].any() and not cleaned[:, 2].any()
+
+    def test_from_cfg_reads_the_eval_keys(self):
+        from types import SimpleNamespace
+
+        settings = SimpleNamespace(
+            SCORE_THRESHOLDS=(0.1, 0.2, 0.3),
+            MASK_THRESHOLD=0.4,
+            MIN_AREA=7,
+            CLEANUP_3D=True,
+            SEMANTIC_WEIGHT=0.25,
+        )
+        rule = MergeRule.from_cfg(SimpleNamespace(UWM=SimpleNamespace(EVAL=settings)))
+        assert rule == MergeRule((0.1, 0.2, 0.3), 0.4, 7, True, 0.25)
+        assert rule.as_dict()["score_thresholds"] == [0.1, 0.2, 0.3]
+
+
+def test_combine_weighs_the_kinds_of_one_model() -> None:
+    instances = np.full((3, 2, 2), 0.2, dtype=np.float32)
+    semantic = np.full((3, 2, 2), 0.6, dtype=np.float32)
+    rule = MergeRule(semantic_weight=0.25)
+    np.testing.assert_allclose(rule.combine(instances, semantic), 0.75 * 0.2 + 0.25 * 0.6)
+    np.testing.assert_array_equal(rule.combine(instances=instances), instances)
+    np.testing.assert_array_equal(rule.combine(semantic=semantic), semantic)
+    with pytest.raises(ValueError, match="differ"):
+        rule.combine(instances, semantic[:, :1])
+    with pytest.raises(ValueError, match="semantic_weight"):
+        MergeRule(semantic_weight=1.5)

@@ -17,15 +17,13 @@ from detectron2.structures import Boxes, Instances
 from pycocotools import mask as mask_util
 
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.merge import remove_single_slice_components
+from uwm_d2.core.merge import MergeRule, remove_single_slice_components
 from uwm_d2.core.metrics import score_volumes
 from uwm_d2.data.coco import make_coco
 from uwm_d2.data.register import register_uwm_datasets
 from uwm_d2.evaluation.evaluator import UWMEvaluator, flatten_result
-from uwm_d2.evaluation.postprocess import (
-    ThresholdedMaskInference,
-    instances_to_class_masks,
-)
+from uwm_d2.modeling.meta_arch import soft_instance_outputs
+from uwm_d2.modeling.probabilities import SoftOutputs, class_probabilities
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 DATASET = "uwm_val_fold0"
@@ -125,7 +123,7 @@ def test_against_the_core_metric(records: list[dict], tmp_path: Path) -> None:
             continue  # no prediction at all for this slice: scored as empty
         outputs[record["slice_id"]] = _instances(masks, scores, classes, shape)
         preds[record["slice_id"]] = expected
-    evaluator = UWMEvaluator(DATASET, (0.5, 0.5, 0.5), distributed=False, output_dir=tmp_path)
+    evaluator = UWMEvaluator(DATASET, MergeRule(), distributed=False, output_dir=tmp_path)
     result = _run(evaluator, records, outputs)
     expected = _expected(records, preds)
     assert set(result) == {"uwm"}
@@ -139,7 +137,7 @@ def test_against_the_core_metric(records: list[dict], tmp_path: Path) -> None:
     assert written["score"] == pytest.approx(flat["score"])
     assert written["per_class"]["stomach"]["dice"] == pytest.approx(flat["dice/stomach"])
 
-    cleaned = UWMEvaluator(DATASET, distributed=False, cleanup_3d=True)
+    cleaned = UWMEvaluator(DATASET, MergeRule(cleanup_3d=True), distributed=False)
     cleaned_flat = _run(cleaned, records, outputs)["uwm"]
     assert cleaned_flat == pytest.approx(flatten_result(_expected(records, preds, cleanup=True)))
 
@@ -149,16 +147,33 @@ def test_thresholds_and_min_area(records: list[dict]) -> None:
     shape = (record["height"], record["width"])
     big, small = _blob(shape, 50, 50, 10), _blob(shape, 120, 120, 2)  # 317 and 13 pixels
     instances = _instances([big, small, big], [0.6, 0.9, 0.6], [0, 1, 2], shape)
-    masks = instances_to_class_masks(instances, (0.5, 0.5, 0.7), min_area=20)
+    rule = MergeRule((0.5, 0.5, 0.7), min_area=20)
+    masks = rule.binarize(class_probabilities({"instances": instances}, rule))
     assert masks.shape == (3, *shape) and masks.dtype == bool
     np.testing.assert_array_equal(masks[0], big)
     assert not masks[1].any()  # too small
     assert not masks[2].any()  # below its class threshold
-    soft = _instances([big.astype(np.float32) * 0.6], [0.9], [1], shape)
-    assert instances_to_class_masks(soft, (0.5,) * 3, mask_threshold=0.5)[1].any()
-    assert not instances_to_class_masks(soft, (0.5,) * 3, mask_threshold=0.7)[1].any()
-    empty = instances_to_class_masks(_instances([], [], [], shape), (0.5,) * 3)
+    soft = {"instances": _instances([big.astype(np.float32) * 0.6], [0.9], [1], shape)}
+    for threshold, expected in ((0.5, True), (0.7, False)):
+        cut = MergeRule(mask_threshold=threshold)
+        assert bool(cut.binarize(class_probabilities(soft, cut))[1].any()) is expected
+    empty = class_probabilities({"instances": _instances([], [], [], shape)}, MergeRule())
     assert empty.shape == (3, *shape) and not empty.any()
+
+
+def test_semantic_and_combined_outputs_take_the_same_path(records: list[dict]) -> None:
+    """Semantic maps pass through; with both kinds the rule's semantic_weight averages them."""
+    shape = (records[0]["height"], records[0]["width"])
+    semantic = torch.zeros((3, *shape))
+    semantic[1, :10, :10] = 0.8
+    instances = _instances([_blob(shape, 5, 5, 3)], [0.9], [1], shape)
+    alone = class_probabilities({"sem_seg": semantic}, MergeRule())
+    np.testing.assert_allclose(alone, semantic.numpy())
+    both = class_probabilities({"sem_seg": semantic, "instances": instances}, MergeRule())
+    inside, semantic_only = both[1, 5, 5], both[1, 0, 9]  # in the blob; in the square only
+    assert inside == pytest.approx(0.5 * 1.0 + 0.5 * 0.8) and semantic_only == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="instances"):
+        class_probabilities({}, MergeRule())
 
 
 class _FakeRCNN(torch.nn.Module):
@@ -186,7 +201,7 @@ def test_postprocess_soft_keeps_probabilities() -> None:
     """detectron2 0.6's detector_postprocess(mask_threshold=-1) gives bool masks; ours does not."""
     from detectron2.modeling.postprocessing import detector_postprocess
 
-    from uwm_d2.evaluation.postprocess import postprocess_soft
+    from uwm_d2.modeling.postprocess import postprocess_soft
 
     (raw,) = _FakeRCNN(0.6).inference([{"image": torch.zeros(3, 64, 74)}], do_postprocess=False)
     assert detector_postprocess(raw, 310, 360, mask_threshold=-1.0).pred_masks.dtype == torch.bool
@@ -199,12 +214,15 @@ def test_postprocess_soft_keeps_probabilities() -> None:
 
 @pytest.mark.parametrize(("threshold", "expected"), [(0.5, True), (0.7, False)])
 def test_mask_threshold_reaches_the_pasted_masks(threshold: float, expected: bool) -> None:
-    model = ThresholdedMaskInference(_FakeRCNN(0.6), mask_threshold=threshold)
+    fake = _FakeRCNN(0.6)
+    fake.soft_outputs = lambda inputs: soft_instance_outputs(fake, inputs)
     inputs = [{"image": torch.zeros(3, 64, 74), "height": 310, "width": 360}]
-    (output,) = model(inputs)
-    masks = output["instances"].pred_masks
-    assert tuple(masks.shape) == (1, 310, 360) and masks.dtype == torch.bool
-    assert bool(masks[0, 150, 180]) is expected  # the middle of the instance
+    (output,) = SoftOutputs(fake)(inputs)
+    probabilities = output["instances"].pred_masks
+    assert tuple(probabilities.shape) == (1, 310, 360) and probabilities.is_floating_point()
+    rule = MergeRule(mask_threshold=threshold)
+    masks = rule.binarize(class_probabilities(output, rule))
+    assert bool(masks[2, 150, 180]) is expected  # the middle of the instance (class 2)
 
 
 def test_non_main_rank_returns_nothing(

@@ -2,7 +2,7 @@
 
 A checkpoint is a pickle, and a pickle can name any function to call while loading. These tests
 plant such a payload (a harmless one: it would create a marker file) in ``.pth`` and ``.pkl``
-checkpoints and check that :func:`uwm_d2.inference.predictor.load_checkpoint` refuses both with a
+checkpoints and check that :func:`uwm_d2.engine.checkpoint.load_checkpoint` refuses both with a
 one-line message and that the payload never ran. They also check that what detectron2 saves during
 training (model, optimizer, scheduler, iteration, hook state) is plain data, so the safe loader
 costs nothing: such a checkpoint loads, and resumes, under ``weights_only=True``.
@@ -22,7 +22,7 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 
 from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.inference.predictor import load_checkpoint
+from uwm_d2.engine.checkpoint import load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTANT_CONFIG = REPO_ROOT / "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"

@@ -19,6 +19,8 @@ from uwm_d2.config import build_cfg
 from uwm_d2.core.layout import index_scans, read_prediction_csv
 from uwm_d2.core.rle import rle_decode
 from uwm_d2.inference import pipeline
+from uwm_d2.inference.predictor import EnsembleMember, VolumePredictor
+from uwm_d2.modeling.meta_arch import soft_instance_outputs
 
 INSTANT = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
 
@@ -31,6 +33,9 @@ class BoxModel(torch.nn.Module):
         self.class_index = class_index
         self.score = score
         self.calls: list[int] = []
+
+    def soft_outputs(self, batched_inputs):
+        return soft_instance_outputs(self, batched_inputs)
 
     def inference(self, batched_inputs, do_postprocess=True):
         assert not do_postprocess
@@ -52,9 +57,9 @@ def cfg():
     return build_cfg(INSTANT, ["MODEL.WEIGHTS", "unused.pth"])
 
 
-def _run(monkeypatch, cfg, root, out, models, **kwargs):
-    monkeypatch.setattr(pipeline, "build_models", lambda _cfg: models)
-    return pipeline.predict_submission(cfg, root, out, progress=False, **kwargs)
+def _run(monkeypatch, cfg, root, out, models, tta=False, batch_size=8, **kwargs):
+    predictor = VolumePredictor([EnsembleMember(cfg, models)], tta=tta, batch_size=batch_size)
+    return pipeline.predict_submission(predictor, root, out, progress=False, **kwargs)
 
 
 def test_non_square_scan_is_not_transposed(monkeypatch, cfg, phantom_root, tmp_path):
@@ -137,3 +142,73 @@ def test_missing_scan_listed_in_sample_is_a_clear_error(monkeypatch, cfg, phanto
     with pytest.raises(ValueError, match="case999_day1_slice_0001"):
         _run(monkeypatch, cfg, phantom_root, out, [BoxModel()], sample_submission=sample)
     assert not out.exists()
+
+
+class SemanticSquareModel(torch.nn.Module):
+    """A semantic model: probability ``value`` for ``class_index`` in the input's top-left
+    quarter (x < 1/2, y < 1/2), 0 elsewhere, at the scan's own size."""
+
+    def __init__(self, class_index: int, value: float) -> None:
+        super().__init__()
+        self.class_index, self.value = class_index, value
+
+    def soft_outputs(self, batched_inputs):
+        outputs = []
+        for item in batched_inputs:
+            maps = torch.zeros((3, item["height"], item["width"]))
+            maps[self.class_index, : item["height"] // 2, : item["width"] // 2] = self.value
+            outputs.append({"sem_seg": maps})
+        return outputs
+
+
+def test_an_ensemble_across_kinds_averages_by_member_weight(cfg, phantom_root, tmp_path):
+    """An instance member (probability 1 in its box) and a semantic member (0.2 in its square,
+    which holds the box) of the same class: in the box, weights 1:3 give 0.25 + 0.15 = 0.4
+    (below the 0.5 cut: no mask) and weights 3:1 give 0.75 + 0.05 = 0.8 (a mask)."""
+    scans = index_scans(phantom_root, "test")
+    box, square = BoxModel(class_index=1), SemanticSquareModel(class_index=1, value=0.2)
+    for weights, survives in (((1.0, 3.0), False), ((3.0, 1.0), True)):
+        members = [
+            EnsembleMember(cfg, [box], weight=weights[0]),
+            EnsembleMember(cfg, [square], weight=weights[1]),
+        ]
+        out = tmp_path / "sub.csv"
+        pipeline.predict_submission(VolumePredictor(members), phantom_root, out, progress=False)
+        frame = read_prediction_csv(out)
+        row = frame[(frame["id"] == scans["id"].iloc[0]) & (frame["class"] == "small_bowel")]
+        assert (row["predicted"].iloc[0] != "") is survives, weights
+
+
+def test_ensemble_file_is_read_and_checked(tmp_path):
+    from uwm_d2.core.errors import UWMInputError
+    from uwm_d2.inference.ensemble import override_rule, read_ensemble
+
+    good = tmp_path / "ensemble.yaml"
+    good.write_text(
+        "members:\n"
+        "  - config: a.yaml\n    weights: [x.pth, y.pth]\n    weight: 2\n"
+        "  - config: b.yaml\n    weights: z.pth\n"
+        "merge:\n  MASK_THRESHOLD: 0.4\n  CLEANUP_3D: true\n"
+    )
+    members, merge = read_ensemble(good)
+    assert members == [
+        {"config": "a.yaml", "weights": ["x.pth", "y.pth"], "weight": 2.0},
+        {"config": "b.yaml", "weights": ["z.pth"], "weight": 1.0},
+    ]
+    from uwm_d2.core.merge import MergeRule
+
+    rule = override_rule(MergeRule(), merge)
+    assert rule.mask_threshold == 0.4 and rule.cleanup_3d
+    for text, culprit in (
+        ("members: []\n", "no members"),
+        ("members:\n  - config: a.yaml\n", "member 1: needs both"),
+        ("members:\n  - {config: a.yaml, weights: x.pth, weight: -1}\n", "positive number"),
+        ("members:\n  - {config: a.yaml, weights: x.pth, colour: red}\n", "'colour'"),
+        ("members:\n  - {config: a.yaml, weights: x.pth}\nmerge: {THRESHOLD: 1}\n", "THRESHOLD"),
+        ("members: [\n", "not valid YAML"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(UWMInputError, match=culprit) as caught:
+            read_ensemble(bad)
+        assert "\n" not in str(caught.value) and "bad.yaml" in str(caught.value)

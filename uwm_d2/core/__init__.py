@@ -27,7 +27,7 @@ from uwm_d2.core.io import (
     stack_25d,
     write_scan,
 )
-from uwm_d2.core.merge import merge_instances, remove_single_slice_components
+from uwm_d2.core.merge import MergeRule, remove_single_slice_components
 from uwm_d2.core.metrics import (
     dice_3d,
     dice_coefficient,
@@ -42,6 +42,7 @@ __all__ = [
     "CLASSES",
     "DEFAULT_SLICE_OFFSETS",
     "SLICE_THICKNESS_MM",
+    "MergeRule",
     "ScanName",
     "SliceId",
     "UWMInputError",
@@ -53,7 +54,6 @@ __all__ = [
     "hausdorff_distance",
     "hd95_mm",
     "intensity_window",
-    "merge_instances",
     "neighbor_indices",
     "normalize_intensity",
     "normalized_hausdorff",

@@ -201,10 +201,6 @@ def normalize_intensity(
     return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
-#: The name in docs/design.md; the same function (one window over the whole stack).
-normalize_stack = normalize_intensity
-
-
 def neighbor_indices(
     index: int, count: int, offsets: Sequence[int] = DEFAULT_SLICE_OFFSETS
 ) -> list[int]:

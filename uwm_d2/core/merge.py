@@ -1,153 +1,229 @@
-"""The one rule that turns instance predictions into per-class masks, and a 3D clean-up.
+"""The one rule that turns a model's output into one mask per (slice, class), and a 3D clean-up.
 
-Detectron2 predicts instances (mask, score, class); the competition wants one binary mask per
-(slice, class). The evaluator and the submission writer both call :func:`merge_instances`, so the
-score measured on validation is the score of the file that gets submitted.
+Every model kind ends in per-class probability maps ``(C, H, W)`` at the scan's own size:
+
+* instance models (Mask R-CNN): :meth:`MergeRule.instance_maps` keeps the instances whose score
+  reaches their class's threshold and whose binarized area reaches ``min_area``; the map of a
+  class is the pixelwise maximum probability of its kept instances (an organ may be several
+  instances, e.g. loops of bowel; 0 where none);
+* semantic models: their sigmoid maps are already per-class probabilities;
+* a model with both heads: :meth:`MergeRule.combine` averages its two kinds of maps, the semantic
+  ones weighted ``semantic_weight``.
+
+Maps are averaged over flip TTA, checkpoints and model kinds; then :meth:`MergeRule.binarize` cuts
+them at ``mask_threshold``, and :meth:`MergeRule.volume_masks` also removes 3D components seen on
+one slice only (``cleanup_3d``). The evaluator and the submission writer both go through one
+:class:`MergeRule` built by :meth:`MergeRule.from_cfg`, so the score measured on validation is the
+score of the file that gets submitted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 
-def merge_instances(
-    masks: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    score_thresholds: Sequence[float],
-    mask_threshold: float = 0.5,
-    min_area: int = 0,
-    num_classes: int = 3,
-    image_shape: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Merge one image's instances into a ``(num_classes, H, W)`` bool mask per class.
+@dataclass(frozen=True)
+class _KeptInstances:
+    """Kept instances: ``masks`` ``(K, H, W)`` float32 in [0, 1], ``classes`` ``(K,)``."""
 
-    Rule: an instance is kept when ``score >= score_thresholds[its class]`` **and** its binarized
-    area (pixels) is ``>= min_area``; the mask of a class is the union of its kept instances (an
-    organ may be several instances, e.g. loops of bowel; overlaps are simply OR-ed). Binarization:
-    floating-point masks (probabilities) become ``mask >= mask_threshold``; bool or integer masks
-    are used as they are (nonzero = foreground). A class with no kept instance is all False.
+    masks: np.ndarray
+    classes: np.ndarray
+    shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """Instances or probability maps → one bool mask per class (see the module docstring).
 
     Args:
-        masks: ``(N, H, W)`` probabilities or binary masks, already at image resolution.
-        scores: ``(N,)`` instance confidences.
-        classes: ``(N,)`` class indices in ``0 .. num_classes - 1`` (model order, see ``CLASSES``).
-        score_thresholds: one threshold per class.
-        mask_threshold: probability cut for floating-point masks.
-        min_area: smallest binarized area, in pixels, an instance needs to count.
-        num_classes: number of output channels.
-        image_shape: ``(H, W)``; needed only when ``N == 0`` and ``masks`` carries no ``H, W``
-            (a ``(0, H, W)`` array carries them).
-
-    Returns:
-        ``(num_classes, H, W)`` bool array; all False when ``N == 0``.
-
-    Raises:
-        ValueError: inconsistent lengths or shapes, a class index out of range, a wrong number of
-            thresholds, or ``N == 0`` with no way to know ``(H, W)``.
+        score_thresholds: smallest instance score kept, one per class (``CLASSES`` order); their
+            number is the number of classes.
+        mask_threshold: probability cut, in ``(0, 1]``, for instance masks and class maps alike.
+        min_area: smallest binarized instance area, in pixels, that counts.
+        cleanup_3d: remove 3D components that occupy a single slice (whole volumes only).
+        semantic_weight: weight of a model's semantic maps against its instance maps, in
+            ``[0, 1]``, when it has both heads.
     """
-    masks, classes, binary, keep, shape = _select(
-        masks, scores, classes, score_thresholds, mask_threshold, min_area, num_classes, image_shape
-    )
-    merged = np.zeros((num_classes, *shape), dtype=bool)
-    for class_index in np.unique(classes[keep]):
-        np.any(binary[keep & (classes == class_index)], axis=0, out=merged[class_index])
-    return merged
 
+    score_thresholds: tuple[float, ...] = (0.5, 0.5, 0.5)
+    mask_threshold: float = 0.5
+    min_area: int = 0
+    cleanup_3d: bool = False
+    semantic_weight: float = 0.5
 
-def _select(
-    masks: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    score_thresholds: Sequence[float],
-    mask_threshold: float,
-    min_area: int,
-    num_classes: int,
-    image_shape: tuple[int, int] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    """Validate the inputs and apply the selection part of the rule.
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "score_thresholds", tuple(float(v) for v in self.score_thresholds))
+        object.__setattr__(self, "mask_threshold", float(self.mask_threshold))
+        object.__setattr__(self, "min_area", int(self.min_area))
+        object.__setattr__(self, "cleanup_3d", bool(self.cleanup_3d))
+        object.__setattr__(self, "semantic_weight", float(self.semantic_weight))
+        if not self.score_thresholds:
+            raise ValueError("a merge rule needs one score threshold per class")
+        # A cut at 0 would turn every pixel of every map into foreground.
+        if not 0.0 < self.mask_threshold <= 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1], got {self.mask_threshold}")
+        if self.min_area < 0:
+            raise ValueError(f"min_area must be >= 0, got {self.min_area}")
+        if not 0.0 <= self.semantic_weight <= 1.0:
+            raise ValueError(f"semantic_weight must be in [0, 1], got {self.semantic_weight}")
 
-    Returns ``(masks, classes, binary masks, kept flags, (H, W))``.
-    """
-    masks = np.asarray(masks)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    classes = np.asarray(classes).reshape(-1)
-    thresholds = np.asarray(score_thresholds, dtype=np.float64).reshape(-1)
-    if thresholds.shape != (num_classes,):
-        raise ValueError(f"need {num_classes} score thresholds, got {thresholds.size}")
-    count = scores.size
-    if masks.ndim == 3:
-        height, width = masks.shape[1:]
-        if image_shape is not None and tuple(image_shape) != (height, width):
-            raise ValueError(f"masks are {height}x{width} (H x W) but image_shape is {image_shape}")
-    elif count == 0 and image_shape is not None:
-        height, width = (int(side) for side in image_shape)
-    else:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-    if masks.shape[0] != count or classes.size != count:
-        raise ValueError(
-            f"{masks.shape[0]} masks, {count} scores and {classes.size} classes: lengths differ"
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> MergeRule:
+        """The rule of ``cfg.UWM.EVAL`` (any object with those attributes; no detectron2 here)."""
+        settings = cfg.UWM.EVAL
+        return cls(
+            score_thresholds=tuple(settings.SCORE_THRESHOLDS),
+            mask_threshold=settings.MASK_THRESHOLD,
+            min_area=settings.MIN_AREA,
+            cleanup_3d=settings.CLEANUP_3D,
+            semantic_weight=settings.SEMANTIC_WEIGHT,
         )
-    if count == 0:
-        return (
-            masks,
-            classes,
-            np.zeros((0, height, width), dtype=bool),
-            np.zeros(0, bool),
-            (
-                height,
-                width,
-            ),
-        )
-    if not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"classes must be integers, got dtype {classes.dtype}")
-    if classes.min() < 0 or classes.max() >= num_classes:
-        raise ValueError(f"class indices must be in 0..{num_classes - 1}, got {classes.tolist()}")
 
-    if np.issubdtype(masks.dtype, np.floating):
-        binary = masks >= mask_threshold
-    else:
-        binary = masks if masks.dtype == np.bool_ else masks != 0
-    areas = np.count_nonzero(binary.reshape(count, -1), axis=1)
-    keep = (scores >= thresholds[classes]) & (areas >= min_area)
-    return masks, classes, binary, keep, (height, width)
+    @property
+    def num_classes(self) -> int:
+        return len(self.score_thresholds)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings, for result files."""
+        return {**asdict(self), "score_thresholds": list(self.score_thresholds)}
 
-def class_probability_maps(
-    masks: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    score_thresholds: Sequence[float],
-    mask_threshold: float = 0.5,
-    min_area: int = 0,
-    num_classes: int = 3,
-    image_shape: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """The soft form of :func:`merge_instances`, for averaging over TTA passes and checkpoints.
+    # -- instances ---------------------------------------------------------------------------
 
-    Same selection (score threshold per class, minimum binarized area); the map of a class is the
-    pixelwise **maximum** probability of its kept instances (0 where none). Because
-    ``max(p_i) >= t`` exactly when some ``p_i >= t`` (for ``t > 0``), cutting one pass's maps at
-    ``mask_threshold`` gives :func:`merge_instances`' masks; averaging several passes' maps before
-    the cut is the ensemble. Bool or integer masks count as probability 1 inside, 0 outside.
+    def _kept(
+        self,
+        masks: np.ndarray,
+        scores: Sequence[float] | np.ndarray,
+        classes: Sequence[int] | np.ndarray,
+        image_shape: tuple[int, int] | None,
+    ) -> _KeptInstances:
+        """Validate one image's instances and keep those that pass the score and area tests."""
+        masks = np.asarray(masks)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        classes = np.asarray(classes).reshape(-1)
+        count = scores.size
+        if masks.ndim == 3:
+            shape = (int(masks.shape[1]), int(masks.shape[2]))
+            if image_shape is not None and tuple(image_shape) != shape:
+                raise ValueError(
+                    f"masks are {shape[0]}x{shape[1]} (H x W) but image_shape is {image_shape}"
+                )
+        elif count == 0 and image_shape is not None:
+            shape = (int(image_shape[0]), int(image_shape[1]))
+        else:
+            raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+        if masks.shape[0] != count or classes.size != count:
+            raise ValueError(
+                f"{masks.shape[0]} masks, {count} scores and {classes.size} classes: lengths differ"
+            )
+        if count == 0:
+            return _KeptInstances(np.zeros((0, *shape), np.float32), classes[:0], shape)
+        if not np.issubdtype(classes.dtype, np.integer):
+            raise ValueError(f"classes must be integers, got dtype {classes.dtype}")
+        if classes.min() < 0 or classes.max() >= self.num_classes:
+            raise ValueError(
+                f"class indices must be in 0..{self.num_classes - 1}, got {classes.tolist()}"
+            )
+        # Bool and integer masks are probability 1 inside, 0 outside.
+        soft = masks if np.issubdtype(masks.dtype, np.floating) else masks != 0
+        soft = soft.astype(np.float32, copy=False)
+        areas = np.count_nonzero((soft >= self.mask_threshold).reshape(count, -1), axis=1)
+        thresholds = np.asarray(self.score_thresholds)
+        keep = (scores >= thresholds[classes]) & (areas >= self.min_area)
+        return _KeptInstances(soft[keep], classes[keep], shape)
 
-    Returns:
-        ``(num_classes, H, W)`` float32 in ``[0, 1]``.
+    def instance_maps(
+        self,
+        masks: np.ndarray,
+        scores: Sequence[float] | np.ndarray,
+        classes: Sequence[int] | np.ndarray,
+        image_shape: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Per-class probability maps of one image's instances (the soft form of the rule).
 
-    Raises:
-        ValueError: as :func:`merge_instances`.
-    """
-    masks, classes, binary, keep, shape = _select(
-        masks, scores, classes, score_thresholds, mask_threshold, min_area, num_classes, image_shape
-    )
-    maps = np.zeros((num_classes, *shape), dtype=np.float32)
-    soft = masks if np.issubdtype(masks.dtype, np.floating) else binary
-    for class_index in np.unique(classes[keep]):
-        maps[class_index] = np.max(soft[keep & (classes == class_index)], axis=0)
-    return maps
+        Args:
+            masks: ``(N, H, W)`` probabilities, or bool / integer masks (nonzero = 1), at image
+                resolution.
+            scores: ``(N,)`` instance confidences.
+            classes: ``(N,)`` class indices in ``0 .. num_classes - 1``.
+            image_shape: ``(H, W)``; needed only when ``N == 0`` and ``masks`` carries no shape.
+
+        Returns:
+            ``(num_classes, H, W)`` float32 in ``[0, 1]``: per class, the pixelwise maximum of
+            its kept instances, 0 where none. ``max(p_i) >= t`` exactly when some ``p_i >= t``,
+            so cutting one pass's maps at ``mask_threshold`` is the union of the binarized kept
+            instances; averaging several passes' maps before the cut is the ensemble.
+
+        Raises:
+            ValueError: inconsistent lengths or shapes, a class index out of range, or
+                ``N == 0`` with no way to know ``(H, W)``.
+        """
+        kept = self._kept(masks, scores, classes, image_shape)
+        maps = np.zeros((self.num_classes, *kept.shape), dtype=np.float32)
+        for class_index in np.unique(kept.classes):
+            np.max(kept.masks[kept.classes == class_index], axis=0, out=maps[class_index])
+        return maps
+
+    def merge_instances(
+        self,
+        masks: np.ndarray,
+        scores: Sequence[float] | np.ndarray,
+        classes: Sequence[int] | np.ndarray,
+        image_shape: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """One image's instances → ``(num_classes, H, W)`` bool masks: the binarized maps."""
+        return self.binarize(self.instance_maps(masks, scores, classes, image_shape))
+
+    # -- probability maps --------------------------------------------------------------------
+
+    def combine(
+        self, instances: np.ndarray | None = None, semantic: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One model's maps from its kinds: the one given, or their ``semantic_weight`` average.
+
+        Args:
+            instances: ``(C, H, W)`` maps of :meth:`instance_maps`, or ``None``.
+            semantic: ``(C, H, W)`` sigmoid maps of a semantic head, or ``None``.
+
+        Raises:
+            ValueError: neither is given, or their shapes differ.
+        """
+        if instances is None and semantic is None:
+            raise ValueError("combine needs instance maps, semantic maps or both")
+        if semantic is None:
+            return np.asarray(instances, dtype=np.float32)
+        if instances is None:
+            return np.asarray(semantic, dtype=np.float32)
+        if np.shape(instances) != np.shape(semantic):
+            raise ValueError(
+                f"instance maps {np.shape(instances)} and semantic maps {np.shape(semantic)} differ"
+            )
+        weight = np.float32(self.semantic_weight)
+        return ((1 - weight) * instances + weight * semantic).astype(np.float32, copy=False)
+
+    def binarize(self, probabilities: np.ndarray) -> np.ndarray:
+        """``probabilities >= mask_threshold`` (any shape), as bool."""
+        return np.asarray(probabilities) >= self.mask_threshold
+
+    def volume_masks(self, probabilities: np.ndarray) -> np.ndarray:
+        """A whole case-day's ``(D, C, H, W)`` maps → bool masks, with the 3D clean-up if set."""
+        return self.clean_volume(self.binarize(probabilities))
+
+    def clean_volume(self, masks: np.ndarray) -> np.ndarray:
+        """``(D, C, H, W)`` bool masks of one case-day after the 3D clean-up (when it is on)."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 4:
+            raise ValueError(f"expected (D, C, H, W) masks, got shape {masks.shape}")
+        if not self.cleanup_3d:
+            return masks
+        cleaned = np.empty_like(masks)
+        for class_index in range(masks.shape[1]):
+            cleaned[:, class_index] = remove_single_slice_components(masks[:, class_index])
+        return cleaned
 
 
 def remove_single_slice_components(volume: np.ndarray) -> np.ndarray:

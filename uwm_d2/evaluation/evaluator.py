@@ -1,17 +1,22 @@
 """``UWMEvaluator``: the competition metric and clinical figures as a detectron2 evaluator.
 
-* ``process()`` turns each slice's instances into one mask per class with the submission's merge
-  rule (:func:`~uwm_d2.evaluation.postprocess.instances_to_class_masks`) and keeps them only as
-  COCO-compressed RLE, so a whole validation fold fits in memory;
+* ``process()`` turns each slice's model output (soft instances and/or semantic maps, see
+  :mod:`uwm_d2.modeling`) into per-class probability maps through the one probability path
+  (:func:`~uwm_d2.modeling.probabilities.class_probabilities`), cuts them with the submission's
+  merge rule (:class:`~uwm_d2.core.merge.MergeRule`) and keeps them only as COCO-compressed RLE,
+  so a whole validation fold fits in memory;
 * ``evaluate()`` gathers those from every rank (``comm.gather``), rebuilds each case-day's
   ``(D, H, W)`` volumes per class (truth from the dataset dicts' annotations; a slice with no
-  prediction counts as empty, as in the competition), optionally removes single-slice components,
-  and scores them with :func:`uwm_d2.core.metrics.score_volumes`.
+  prediction counts as empty, as in the competition), applies the rule's 3D clean-up, and scores
+  them with :func:`uwm_d2.core.metrics.score_volumes`.
 
 The result is ``{"uwm": {...}}`` with flat float values (detectron2's ``EvalHook`` and
 ``BestCheckpointer`` read ``uwm/score``): ``score``, ``dice``, ``hausdorff``,
 ``{score,dice,hausdorff,dice_3d,hd95_mm}/<class>``, ``num_slices`` and ``num_case_days``. The
 full nested result is written to ``<output_dir>/uwm_results_<dataset>.json``.
+
+:class:`ThresholdedCOCOEvaluator` is detectron2's ``COCOEvaluator`` (segm AP, ``UWM.EVAL.COCO_AP``)
+fed the same soft instances cut at the rule's mask threshold.
 """
 
 from __future__ import annotations
@@ -24,16 +29,17 @@ from typing import Any
 
 import numpy as np
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.structures import Instances
 from detectron2.utils import comm
 from pycocotools import mask as mask_util
 
 from uwm_d2.core.atomic import atomic_write_text
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.merge import remove_single_slice_components
+from uwm_d2.core.merge import MergeRule
 from uwm_d2.core.metrics import LazyVolumes, score_volumes
 from uwm_d2.data.inputs import group_by_case_day
-from uwm_d2.evaluation.postprocess import instances_to_class_masks
+from uwm_d2.modeling.probabilities import class_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +68,22 @@ def truth_masks(record: Mapping[str, Any]) -> np.ndarray:
     return truth
 
 
-class _LazyVolumes(LazyVolumes):
-    """``{(case_day, class): (pred_vol, truth_vol)}`` built one item at a time.
+class DatasetVolumes(LazyVolumes):
+    """``{(case_day, class): (pred_vol, truth_vol)}`` of a registered dataset, built on access.
 
-    :func:`~uwm_d2.core.metrics.score_volumes` reads each pair once; building them on demand
-    keeps one case-day in memory instead of a whole fold's volumes (gigabytes for real folds).
+    Predictions are the evaluator's per-slice RLEs; the truth comes from the dataset dicts.
+    One case-day is held at a time (a real fold's volumes would take gigabytes).
     """
 
     def __init__(
         self,
         groups: Mapping[str, Sequence[Mapping[str, Any]]],
         predictions: Mapping[str, list[dict[str, Any]]],
-        cleanup_3d: bool,
+        rule: MergeRule,
     ) -> None:
         self._groups = groups
         self._predictions = predictions
-        self._cleanup_3d = cleanup_3d
+        self._rule = rule
         self._cache: tuple[str, np.ndarray, np.ndarray] | None = None
         super().__init__(list(groups))
 
@@ -98,10 +104,7 @@ class _LazyVolumes(LazyVolumes):
             rles = self._predictions.get(record["slice_id"])
             if rles is not None:
                 pred[depth] = _decode(rles, shape)
-        if self._cleanup_3d:
-            for class_index in range(len(CLASSES)):
-                pred[:, class_index] = remove_single_slice_components(pred[:, class_index])
-        return pred, truth
+        return self._rule.clean_volume(pred), truth
 
 
 def flatten_result(result: Mapping[str, Any]) -> dict[str, float]:
@@ -128,8 +131,7 @@ class UWMEvaluator(DatasetEvaluator):
 
     Args:
         dataset_name: a dataset of :mod:`uwm_d2.data.register` (its dicts are the truth).
-        score_thresholds, mask_threshold, min_area: the merge rule (``UWM.EVAL``).
-        cleanup_3d: remove predicted 3D components that occupy a single slice before scoring.
+        rule: the merge rule (``MergeRule.from_cfg(cfg)``: ``UWM.EVAL``).
         distributed: gather the predictions of every rank to the main one.
         output_dir: where the nested result JSON goes (``None``: not written).
     """
@@ -137,20 +139,12 @@ class UWMEvaluator(DatasetEvaluator):
     def __init__(
         self,
         dataset_name: str,
-        score_thresholds: Sequence[float] = (0.5, 0.5, 0.5),
-        mask_threshold: float = 0.5,
-        min_area: int = 0,
-        cleanup_3d: bool = False,
+        rule: MergeRule | None = None,
         distributed: bool = True,
         output_dir: str | Path | None = None,
     ) -> None:
         self._dataset_name = dataset_name
-        self._merge = {
-            "score_thresholds": tuple(float(value) for value in score_thresholds),
-            "mask_threshold": float(mask_threshold),
-            "min_area": int(min_area),
-        }
-        self._cleanup_3d = bool(cleanup_3d)
+        self._rule = rule or MergeRule()
         self._distributed = distributed
         self._output_dir = Path(output_dir) if output_dir else None
         self._predictions: list[dict[str, Any]] = []
@@ -159,22 +153,15 @@ class UWMEvaluator(DatasetEvaluator):
     def from_config(
         cls, cfg: Any, dataset_name: str, output_dir: str | Path | None = None
     ) -> UWMEvaluator:
-        """An evaluator with the ``UWM.EVAL`` thresholds of ``cfg``."""
-        from uwm_d2.evaluation.postprocess import merge_kwargs_from_cfg
-
-        return cls(
-            dataset_name,
-            **merge_kwargs_from_cfg(cfg),
-            cleanup_3d=cfg.UWM.EVAL.CLEANUP_3D,
-            output_dir=output_dir,
-        )
+        """An evaluator with the merge rule of ``cfg``."""
+        return cls(dataset_name, MergeRule.from_cfg(cfg), output_dir=output_dir)
 
     def reset(self) -> None:
         self._predictions = []
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for item, output in zip(inputs, outputs, strict=True):
-            masks = instances_to_class_masks(output["instances"], **self._merge)
+            masks = self._rule.binarize(class_probabilities(output, self._rule))
             self._predictions.append({"slice_id": item["slice_id"], "rles": _encode(masks)})
 
     def evaluate(self) -> dict[str, dict[str, float]]:
@@ -200,7 +187,7 @@ class UWMEvaluator(DatasetEvaluator):
             logger.warning(f"[UWMEvaluator] {missing} slices have no prediction: scored as empty")
         groups = group_by_case_day(records)
         spacings = {case_day: tuple(group[0]["spacing"]) for case_day, group in groups.items()}
-        result = score_volumes(_LazyVolumes(groups, by_slice, self._cleanup_3d), spacings)
+        result = score_volumes(DatasetVolumes(groups, by_slice, self._rule), spacings)
         self._write(result)
         flat = flatten_result(result)
         logger.info(
@@ -215,8 +202,36 @@ class UWMEvaluator(DatasetEvaluator):
         self._output_dir.mkdir(parents=True, exist_ok=True)
         document = {
             "dataset": self._dataset_name,
-            "merge": {**self._merge, "cleanup_3d": self._cleanup_3d},
+            "merge": self._rule.as_dict(),
             **result,
         }
         path = self._output_dir / f"uwm_results_{self._dataset_name}.json"
         atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+class ThresholdedCOCOEvaluator(COCOEvaluator):
+    """``COCOEvaluator`` (segm AP) over soft instances, their masks cut at the rule's threshold.
+
+    ``use_fast_impl=False``: the fast COCOeval needs detectron2's compiled ``_C``. Outputs without
+    instances (a semantic-only model) have nothing to rank and are skipped.
+    """
+
+    def __init__(self, dataset_name: str, mask_threshold: float, output_dir: str) -> None:
+        super().__init__(dataset_name, tasks=("segm",), output_dir=output_dir, use_fast_impl=False)
+        self._mask_threshold = float(mask_threshold)
+
+    @classmethod
+    def from_config(cls, cfg: Any, dataset_name: str, output_dir: str) -> ThresholdedCOCOEvaluator:
+        return cls(dataset_name, cfg.UWM.EVAL.MASK_THRESHOLD, output_dir)
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        pairs = [(i, o) for i, o in zip(inputs, outputs, strict=True) if "instances" in o]
+        cut = []
+        for _, output in pairs:
+            original = output["instances"]  # a new Instances: the output is not changed
+            instances = Instances(original.image_size, **original.get_fields())
+            if instances.has("pred_masks") and instances.pred_masks.is_floating_point():
+                instances.pred_masks = instances.pred_masks >= self._mask_threshold
+            cut.append({"instances": instances})
+        if pairs:
+            super().process([i for i, _ in pairs], cut)

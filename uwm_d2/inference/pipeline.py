@@ -1,4 +1,4 @@
-"""From a data root and a trained config to ``submission.csv``: what ``tools/infer_submit.py`` runs.
+"""From a data root and trained models to ``submission.csv``: what ``tools/infer_submit.py`` runs.
 
 Offline by design: only local checkpoints are read, nothing is downloaded. Inputs are checked
 before any model runs (output folder writable, every sample-submission id has its scan on disk),
@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from detectron2.config import CfgNode
-from tqdm import tqdm
 
 from uwm_d2.core.atomic import check_writable_target
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.layout import index_scans
-from uwm_d2.inference.predictor import VolumePredictor, build_models, scan_records
+from uwm_d2.core.progress import Progress
+from uwm_d2.inference.predictor import VolumePredictor, scan_records
 from uwm_d2.inference.submission import (
     build_submission,
     encode_class_masks,
@@ -52,16 +51,17 @@ def resolve_sample_submission(
 
 
 def predict_submission(
-    cfg: CfgNode,
+    predictor: VolumePredictor,
     data_root: str | os.PathLike,
     out: str | os.PathLike,
     split: str = "test",
     sample_submission: str | os.PathLike | None = None,
-    tta: bool = False,
-    batch_size: int = 8,
     progress: bool = True,
 ) -> SubmissionSummary:
     """Predict every needed scan of ``data_root/split`` and write the submission to ``out``.
+
+    ``predictor`` holds the models (one config or an ensemble, with or without flip TTA; see
+    :func:`uwm_d2.inference.ensemble.build_predictor`).
 
     Rows follow the sample submission exactly when there is one (a sample with no rows gives a
     header-only file); without one, every scan found gets its three class rows, sorted.
@@ -94,13 +94,15 @@ def predict_submission(
     if scans.empty:
         raise UWMInputError(f"no scans found under {str(root / split)!r}")
 
-    predictor = VolumePredictor(cfg, build_models(cfg), tta=tta, batch_size=batch_size)
-    groups = scan_records(root, scans, predictor.offsets)
+    groups = scan_records(root, scans)
     encoded: dict[tuple[str, str], str] = {}
-    # Only on a terminal (disable=None): in a log or a pipe the bar is noise, and it would share
-    # stderr's last line with an error message.
-    with tqdm(
-        total=len(scans), unit="slice", desc="infer", disable=None if progress else True
+    with Progress(
+        len(scans),
+        "infer",
+        "slice",
+        enabled=progress,
+        group_unit="case-day",
+        group_total=len(groups),
     ) as bar:
         for records in groups.values():
             masks = predictor.predict_case_day(records)
