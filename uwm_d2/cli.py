@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.errors import UWMInputError, UWMRunError
 
 # Before torch loads: OpenMP threads that busy-wait for work stall each other whenever another
 # process (a data-loader worker, a second job) holds a core. Measured on the 2-core CPU: 9 s per
@@ -54,7 +54,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a tool's ``main`` and turn input errors into a one-line message and exit status 2.
 
-    Also one line each: out of GPU memory (status 3), an interrupt (130), and a closed output
+    Also one line each: a run that failed on good input (:class:`UWMRunError`, e.g. training
+    diverged: status 1), out of GPU memory (status 3), an interrupt (130), and a closed output
     pipe (``tool | head``), which is not an error at all.
     """
     for category, message in _THIRD_PARTY_NOISE:
@@ -63,6 +64,8 @@ def run_main(main: Callable[[], int | None]) -> None:
         status = main()
     except INPUT_ERRORS as error:
         fail(str(error))
+    except UWMRunError as error:
+        fail(str(error), status=1)
     except KeyboardInterrupt:
         fail("interrupted", status=130)
     except BrokenPipeError:

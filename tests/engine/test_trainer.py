@@ -20,10 +20,12 @@ from detectron2.utils.events import EventStorage
 
 from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.training_log import best_metric, trim_metrics_json
 from uwm_d2.data.register import register_from_cfg
 from uwm_d2.engine import TrainingDivergedError, UWMTrainer, ValidationLoss
+from uwm_d2.engine.base_trainer import prepare_cfg
 from uwm_d2.engine.checkpoint import AtomicCheckpointer
-from uwm_d2.engine.trainer import best_metric, prepare_cfg, trim_metrics_json
+from uwm_d2.engine.hooks import ResumableBestCheckpointer
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -59,6 +61,13 @@ def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path
     assert first.returncode == 0, first.stderr[-3000:]
     for name in ("model_final.pth", "model_best.pth", "model_0000002.pth", "metrics.json"):
         assert (out / name).is_file(), name
+    # Resume continues from the training checkpoint, never from the best one (which is the
+    # weights alone: the file to ship, a fraction of a training checkpoint's size).
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    best = torch.load(out / "model_best.pth", weights_only=True)
+    assert set(best) == {"model", "iteration"}
+    assert (out / "model_best.pth").stat().st_size < 0.6 * (out / "model_final.pth").stat().st_size
+    assert not (out / "model_0000005.pth").exists()  # the final iteration is saved once
     assert (out / "inference" / "uwm_results_uwm_val.json").is_file()
     rows = _rows(out / "metrics.json")
     scores = [row["uwm/score"] for row in rows if "uwm/score" in row]
@@ -69,6 +78,7 @@ def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path
     second = _train_net("--resume", *command, "SOLVER.MAX_ITER", "9")
     assert second.returncode == 0, second.stderr[-3000:]
     log = (out / "log.txt").read_text()
+    # Extending the finished 6-iteration run runs iterations 6, 7 and 8: each exactly once.
     assert "Starting training from iteration 6" in log
     rows = _rows(out / "metrics.json")
     iterations = [row["iteration"] for row in rows]
@@ -97,9 +107,10 @@ def test_hooks_and_a_validation_loss_that_changes_nothing(cfg: Any) -> None:
     trainer = UWMTrainer(cfg)
     kinds = [type(hook) for hook in trainer._hooks]
     evaluation = kinds.index(hooks.EvalHook)
-    assert evaluation < kinds.index(hooks.BestCheckpointer) < kinds.index(hooks.PeriodicWriter)
+    best_index = kinds.index(ResumableBestCheckpointer)
+    assert evaluation < best_index < kinds.index(hooks.PeriodicWriter)
     assert evaluation < kinds.index(ValidationLoss) < kinds.index(hooks.PeriodicWriter)
-    best = trainer._hooks[kinds.index(hooks.BestCheckpointer)]
+    best = trainer._hooks[best_index]
     assert best._val_metric == "uwm/score"
 
     validation = trainer._hooks[kinds.index(ValidationLoss)]
@@ -117,6 +128,63 @@ def test_hooks_and_a_validation_loss_that_changes_nothing(cfg: Any) -> None:
 
     batch = next(iter(trainer.data_loader))
     assert len(batch) == cfg.SOLVER.IMS_PER_BATCH and "instances" in batch[0]
+
+
+def _unsettled_batch_norm(model: torch.nn.Module) -> None:
+    """Running statistics a from-scratch network has not settled yet, exaggerated: in eval mode
+    every BatchNorm then amplifies its input ~300x and shifts it up, until the boxes overflow."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.fill_(-1e4)
+            module.running_var.fill_(0.0)
+
+
+def test_eval_mode_validation_pass_reproduces_the_divergence(cfg: Any) -> None:
+    """What killed a from-scratch run: the losses measured with BatchNorm in eval mode."""
+    trainer = UWMTrainer(cfg)
+    model = trainer.model
+    _unsettled_batch_norm(model)
+    batch = next(iter(trainer.build_validation_loss_loader(cfg)))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.eval()
+    with EventStorage(0), torch.no_grad(), pytest.raises(FloatingPointError, match="Inf/NaN"):
+        model(batch)
+
+
+def test_validation_loss_survives_unsettled_statistics_and_changes_nothing(cfg: Any) -> None:
+    trainer = UWMTrainer(cfg)
+    model = trainer.model
+    _unsettled_batch_norm(model)
+    validation = next(hook for hook in trainer._hooks if isinstance(hook, ValidationLoss))
+    buffers = {name: value.clone() for name, value in model.named_buffers()}
+    parameters = {name: value.clone() for name, value in model.named_parameters()}
+    rng_state = torch.get_rng_state()
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        validation._do_loss()  # batch statistics: a finite loss, no exception
+        value, _ = storage.latest()["validation_loss"]
+    assert 0 < value < 100
+    assert all(torch.equal(buffers[name], value) for name, value in model.named_buffers())
+    assert all(torch.equal(parameters[name], value) for name, value in model.named_parameters())
+    assert torch.equal(torch.get_rng_state(), rng_state) and model.training
+
+
+def test_a_diverging_validation_pass_is_a_warning_not_a_stop(
+    cfg: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = UWMTrainer(cfg)
+    validation = next(hook for hook in trainer._hooks if isinstance(hook, ValidationLoss))
+
+    def diverging(batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        raise FloatingPointError("Predicted boxes or scores contain Inf/NaN.")
+
+    trainer.model.forward = diverging
+    with caplog.at_level(logging.WARNING), EventStorage(0) as storage:
+        trainer.storage = storage
+        validation._do_loss()
+        assert "validation_loss" not in storage.latest()
+    assert "validation loss skipped" in caplog.text and "training goes on" in caplog.text
 
 
 def test_nan_loss_stops_with_one_line(cfg: Any) -> None:
@@ -153,7 +221,7 @@ def test_amp_is_turned_off_off_cuda(cfg: Any, caplog: pytest.LogCaptureFixture) 
     amp.defrost()
     amp.SOLVER.AMP.ENABLED = True
     amp.freeze()
-    with caplog.at_level(logging.WARNING, logger="uwm_d2.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="uwm_d2.engine.base_trainer"):
         prepared = prepare_cfg(amp)
     assert prepared.SOLVER.AMP.ENABLED is False and amp.SOLVER.AMP.ENABLED is True
     assert "SOLVER.AMP.ENABLED needs CUDA" in caplog.text
@@ -178,7 +246,7 @@ def test_trim_metrics_json_and_best_metric(tmp_path: Path) -> None:
         {"iteration": 6, "uwm/score": 0.6},
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"iteration": 7, "tot')
-    assert best_metric(path, "uwm/score") == (0.6, 6)
+    assert best_metric(path, "uwm/score") == (0.6, 6)  # the cut-off last line is skipped
     with path.open("a") as writer:  # the JSONWriter's handle, opened before the trim
         assert trim_metrics_json(path, 6) == 2
         writer.write(json.dumps({"iteration": 6, "total_loss": 0.5}) + "\n")
