@@ -12,11 +12,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 from pathlib import Path
 
 from uwm_d2.cli import run_main
+from uwm_d2.core.atomic import output_folder
 from uwm_d2.core.errors import UWMInputError
 
 
@@ -38,37 +37,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_out_dir(out: Path) -> list[Path]:
-    """Create ``out`` and its missing parents; return the folders created, outermost first.
-
-    Raises:
-        UWMInputError: ``out`` is a file, or the nearest existing ancestor is a file or is not
-            writable (naming it), before anything is created.
-    """
-    if out.exists() and not out.is_dir():
-        raise UWMInputError(f"output path {str(out)!r} is a file, not a folder")
-    missing = []
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    if missing and not folder.is_dir():
-        raise UWMInputError(
-            f"output folder {str(out)!r} cannot be created: {str(folder)!r} is a file"
-        )
-    if not os.access(folder, os.W_OK):
-        raise UWMInputError(f"output folder {str(folder)!r} is not writable (for {str(out)!r})")
-    out.mkdir(parents=True, exist_ok=True)
-    return missing[::-1]
-
-
-def remove_if_empty(folders: list[Path]) -> None:
-    """Remove the folders this run created (innermost first) when nothing was written in them."""
-    for folder in reversed(folders):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
 def main() -> int:
     args = parse_args()
     from uwm_d2 import visualization
@@ -79,9 +47,9 @@ def main() -> int:
         raise UWMInputError("--case-day needs --data-root")
     if args.metrics and not args.metrics.is_file():
         raise UWMInputError(f"metrics file {str(args.metrics)!r} does not exist")
-    created = make_out_dir(args.out)
     written = []
-    try:
+    # A failed run leaves no new folders behind (and nothing half-written: files are atomic).
+    with output_folder(args.out):
         if args.case_day:
             written += visualization.render_case_day(
                 args.data_root,
@@ -97,9 +65,6 @@ def main() -> int:
             written.append(
                 visualization.plot_training_curves(args.metrics, args.out / "training_curves.png")
             )
-    except BaseException:
-        remove_if_empty(created)  # a failed run leaves no new empty folders behind
-        raise
     for path in written:
         print(path)
     return 0

@@ -7,7 +7,6 @@ Truth is drawn as a translucent fill, predictions as outlines, one colour per or
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,8 @@ import numpy as np
 from uwm_d2.core.atomic import atomic_path
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import normalize_intensity
+from uwm_d2.core.layout import decode_row, read_label_csv, read_prediction_csv
+from uwm_d2.core.training_log import metrics_by_iteration
 
 #: One RGB colour per organ, in CLASSES order; chosen to stay distinct for colour-blind readers.
 CLASS_COLORS: dict[str, tuple[int, int, int]] = {
@@ -110,6 +111,30 @@ def save_montage(
     return Path(path)
 
 
+def label_frame(image: np.ndarray, text: str, legend: bool = True) -> np.ndarray:
+    """``image`` with a caption bar on top (``text``) and, if ``legend``, the organ colours below.
+
+    For GIF frames, which have no room for matplotlib's titles and legends: drawn with OpenCV at
+    a size that stays legible on 234-360 px scans.
+    """
+    width = image.shape[1]
+    bar = 18
+    rows = [np.full((bar, width, 3), 32, dtype=np.uint8), image]
+    cv2.putText(rows[0], text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    if legend:
+        key = np.full((bar, width, 3), 32, dtype=np.uint8)
+        x = 4
+        for name in CLASSES:
+            cv2.rectangle(key, (x, 5), (x + 8, 13), CLASS_COLORS[name], -1)
+            label = name.replace("_", " ")
+            cv2.putText(
+                key, label, (x + 11, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (230, 230, 230), 1
+            )
+            x += 16 + 7 * len(label)
+        rows.append(key)
+    return np.concatenate(rows, axis=0)
+
+
 def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int = 8) -> Path:
     """Save RGB frames as an animated GIF (a walk through z)."""
     from PIL import Image
@@ -127,45 +152,72 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int = 8
     return Path(path)
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Read detectron2's ``metrics.json`` (JSON lines; later rows win per iteration)."""
-    rows: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows.setdefault(int(row.get("iteration", -1)), {}).update(row)
-    return [rows[iteration] for iteration in sorted(rows)]
+def _series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["iteration"], float(row[key])) for row in rows if key in row]
+    return [p[0] for p in points], [p[1] for p in points]
 
 
 def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Plot losses (left) and the validation ``uwm/score`` (right) against the iteration."""
+    """Three panels against the iteration, each with its legend outside the data.
+
+    1. the training losses (one line each, log scale: they span decades);
+    2. training vs validation loss, in matching colours (solid = training, dashed = validation),
+       total and per loss term where both exist;
+    3. the validation score, Dice and Hausdorff term (higher is better for the first two, lower
+       for the Hausdorff term: marked in its label).
+    """
     plt = _matplotlib()
-    rows = read_metrics(metrics_path)
-    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_keys = sorted({key for row in rows for key in row if "loss" in key})
+    rows = metrics_by_iteration(metrics_path)
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
+    loss_axis, pair_axis, score_axis = axes
+
+    loss_keys = sorted(
+        {key for row in rows for key in row if "loss" in key and not key.startswith("validation")}
+    )
     for key in loss_keys:
-        points = [(row["iteration"], row[key]) for row in rows if key in row]
-        if points:
-            iterations, values = zip(*points, strict=True)
-            style = "--" if key.startswith("validation") else "-"
-            width = 2.0 if key in ("total_loss", "validation_loss") else 1.0
-            loss_axis.plot(iterations, values, style, label=key, linewidth=width)
-    loss_axis.set_xlabel("iteration")
-    loss_axis.set_ylabel("loss")
+        iterations, values = _series(rows, key)
+        if iterations:
+            width = 2.0 if key == "total_loss" else 1.0
+            marker = "o" if len(iterations) < 3 else None  # a line needs two points to show
+            loss_axis.plot(iterations, values, label=key, linewidth=width, marker=marker)
+    if any(value > 0 for row in rows for key, value in row.items() if key in loss_keys):
+        loss_axis.set_yscale("log")
     loss_axis.set_title("training losses")
-    if loss_keys:
-        loss_axis.legend(fontsize=7)
-    score_keys = [key for key in ("uwm/score", "uwm/dice", "uwm/hausdorff") if rows]
-    for key in score_keys:
-        points = [(row["iteration"], row[key]) for row in rows if key in row]
-        if points:
-            iterations, values = zip(*points, strict=True)
-            score_axis.plot(iterations, values, "o-", label=key)
-    score_axis.set_xlabel("iteration")
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    pairs = [("total_loss", "validation_loss")] + [
+        (key, f"validation/{key}")
+        for key in loss_keys
+        if key != "total_loss" and any(f"validation/{key}" in row for row in rows)
+    ]
+    for index, (train_key, val_key) in enumerate(pairs):
+        color = colors[index % len(colors)]
+        label = "total" if train_key == "total_loss" else train_key
+        for key, style, kind in ((train_key, "-", "training"), (val_key, "--", "validation")):
+            iterations, values = _series(rows, key)
+            if iterations:
+                marker = "o" if kind == "validation" or len(iterations) < 3 else None
+                pair_axis.plot(
+                    iterations, values, style, color=color, marker=marker, label=f"{label} ({kind})"
+                )
+    pair_axis.set_title("training vs validation loss")
+
+    for key, label in (
+        ("uwm/score", "score (higher is better)"),
+        ("uwm/dice", "Dice (higher is better)"),
+        ("uwm/hausdorff", "Hausdorff term (lower is better)"),
+    ):
+        iterations, values = _series(rows, key)
+        if iterations:
+            style = "s:" if "hausdorff" in key else "o-"
+            score_axis.plot(iterations, values, style, label=label)
     score_axis.set_ylim(0, 1)
-    score_axis.set_title("validation (competition score)")
-    score_axis.legend(fontsize=8)
-    figure.tight_layout()
+    score_axis.set_title("validation (competition metric)")
+
+    for axis in axes:
+        axis.set_xlabel("iteration")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     with atomic_path(path) as tmp_path:
         figure.savefig(tmp_path, format="png", dpi=100)
     plt.close(figure)
@@ -176,9 +228,6 @@ def _masks_from_csv(
     csv_path: str | os.PathLike, scans, value_column: str
 ) -> np.ndarray:  # (D, 3, H, W)
     """Decode one case-day's rows of a label or submission CSV into a ``(D, 3, H, W)`` stack."""
-    from uwm_d2.core.layout import read_label_csv, read_prediction_csv
-    from uwm_d2.core.rle import rle_decode
-
     if value_column == "predicted":
         frame = read_prediction_csv(csv_path)
     else:
@@ -188,13 +237,9 @@ def _masks_from_csv(
     class_index = {name: index for index, name in enumerate(CLASSES)}
     masks = np.zeros((len(scans), len(CLASSES), height, width), dtype=bool)
     rows = frame[frame["id"].isin(position)]
+    name = Path(csv_path).name
     for slice_id, class_name, rle in rows.itertuples(index=False):
-        try:
-            decoded = rle_decode(rle, (height, width))
-        except ValueError as error:
-            from uwm_d2.core.errors import UWMInputError
-
-            raise UWMInputError(f"{csv_path}: row {slice_id} {class_name}: {error}") from None
+        decoded = decode_row(rle, (height, width), name, slice_id, class_name)
         masks[position[slice_id], class_index[class_name]] = decoded.astype(bool)
     return masks
 
@@ -246,7 +291,9 @@ def render_case_day(
         )
     ]
     if gif:
-        written.append(
-            save_gif([frame(index) for index in range(len(scans))], out / f"{case_day}.gif")
-        )
+        frames = [
+            label_frame(frame(index), f"{case_day}  slice {int(scans['slice'][index])}")
+            for index in range(len(scans))
+        ]
+        written.append(save_gif(frames, out / f"{case_day}.gif"))
     return written

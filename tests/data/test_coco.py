@@ -131,6 +131,7 @@ def test_files_hold_each_slice_once_with_consistent_ids(phantom_root: Path, tmp_
     names = sorted(path.name for path in (tmp_path / "coco").iterdir())
     assert names == [
         "all.json",
+        "manifest.json",
         "train_fold0.json",
         "train_fold1.json",
         "val_fold0.json",
@@ -143,7 +144,12 @@ def test_files_hold_each_slice_once_with_consistent_ids(phantom_root: Path, tmp_
     assert len(set(image_ids)) == len(image_ids) and len(set(ann_ids)) == len(ann_ids)
     assert len({image["slice_id"] for image in everything["images"]}) == len(image_ids)
     by_id = {ann["id"]: ann for ann in everything["annotations"]}
-    for name in names[1:]:
+    manifest = json.loads((tmp_path / "coco/manifest.json").read_text())
+    assert manifest["num_folds"] == 2
+    assert manifest["files"] == {
+        name: (tmp_path / "coco" / name).stat().st_size for name in names if name != "manifest.json"
+    }
+    for name in names[2:]:
         part = json.loads((tmp_path / "coco" / name).read_text())
         slice_ids = [image["slice_id"] for image in part["images"]]
         assert len(set(slice_ids)) == len(slice_ids)

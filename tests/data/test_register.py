@@ -18,6 +18,7 @@ from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.data.coco import make_coco
 from uwm_d2.data.register import (
+    fold_numbers,
     load_uwm_json,
     register_from_cfg,
     register_uwm_datasets,
@@ -81,12 +82,7 @@ def test_metadata(phantom_root: Path, coco_dir: Path) -> None:
     assert metadata.json_file == str(coco_dir / "val_fold0.json")
     assert metadata.data_root == str(phantom_root)
     assert metadata.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2}
-    records = DatasetCatalog.get("uwm_val_fold0")
-    geometry = metadata.scan_geometry  # set when the dataset is loaded
-    assert sum(entry["num_slices"] for entry in geometry.values()) == len(records)
-    for record in records:
-        entry = geometry[record["case_day"]]
-        assert (entry["height"], entry["width"]) == (record["height"], record["width"])
+    assert not hasattr(metadata, "scan_geometry")  # dead metadata nobody read: gone
 
 
 def test_reregistering_replaces_and_pop_works(phantom_root: Path, coco_dir: Path) -> None:
@@ -105,7 +101,8 @@ def test_builds_coco_files_when_missing(phantom_root: Path, tmp_path: Path) -> N
     coco = tmp_path / "fresh"
     register_uwm_datasets(coco, phantom_root, num_folds=2)
     assert sorted(p.name for p in coco.iterdir()) == sorted(
-        ["all.json", "train_fold0.json", "train_fold1.json", "val_fold0.json", "val_fold1.json"]
+        ["all.json", "manifest.json", "train_fold0.json", "train_fold1.json"]
+        + ["val_fold0.json", "val_fold1.json"]
     )
     assert DatasetCatalog.get("uwm_val_fold1")
 
@@ -137,3 +134,22 @@ def test_register_from_cfg_errors(phantom_root: Path, coco_dir: Path) -> None:
 def test_missing_coco_file_is_one_line(phantom_root: Path, tmp_path: Path) -> None:
     with pytest.raises(UWMInputError, match="does not exist"):
         load_uwm_json(tmp_path / "nope.json", phantom_root)
+
+
+def test_a_coco_folder_describes_one_build(phantom_root: Path, tmp_path: Path) -> None:
+    """The stale-fold trap: 3 folds then 2 into one folder must not leave fold 2 to train on."""
+    out = tmp_path / "new" / "coco"  # missing parents are created
+    make_coco(phantom_root, out, num_folds=3, workers=1, progress=False)
+    assert (out / "train_fold2.json").is_file()
+    assert register_uwm_datasets(out, phantom_root, fold=2)
+    make_coco(phantom_root, out, num_folds=2, workers=1, progress=False)
+    assert not (out / "train_fold2.json").exists() and not (out / "val_fold2.json").exists()
+    with pytest.raises(UWMInputError, match=r"UWM.FOLD 2 .*folds there: \[0, 1\]"):
+        register_uwm_datasets(out, phantom_root, fold=2)
+    # A file changed behind the manifest's back, or no manifest at all: refused, by name.
+    (out / "val_fold1.json").write_text("{}")
+    with pytest.raises(UWMInputError, match=r"val_fold1\.json' changed since the build"):
+        register_uwm_datasets(out, phantom_root, fold=0)
+    (out / "manifest.json").unlink()
+    with pytest.raises(UWMInputError, match="no manifest.json"):
+        fold_numbers(out)

@@ -287,10 +287,6 @@ def coco_args_parallel(ctx: Ctx) -> list[str]:
     return [*coco_args(ctx)[:-1], "2"]
 
 
-def coco_args_no_parent(ctx: Ctx) -> list[str]:
-    return coco_args(ctx, ctx.tmp / "missing_parent" / "coco")
-
-
 def coco_args_locked(ctx: Ctx) -> list[str]:
     return coco_args(ctx, ctx.tmp / "locked" / "coco")
 
@@ -414,7 +410,6 @@ CASES: dict[str, Case] = {
     "coco-8bit-png": Case("make_coco", bad_png("8-bit"), coco_args),
     "coco-rgb-png": Case("make_coco", bad_png("rgb"), coco_args),
     "coco-png-size-not-name": Case("make_coco", bad_png("wrong-size"), coco_args),
-    "coco-no-output-parent": Case("make_coco", no_parent, coco_args_no_parent),
     "coco-unwritable-output": Case("make_coco", locked_output, coco_args_locked),
     # evaluate: the truth and prediction CSVs, the scans' names, the --json target.
     "eval-pred-rle-overlapping": Case(
@@ -447,9 +442,6 @@ CASES: dict[str, Case] = {
     "eval-no-output-parent": Case("evaluate", no_parent, eval_args_no_parent),
     "eval-unwritable-output": Case("evaluate", locked_output, eval_args_locked),
     # make_phantom: only its output folder can be wrong.
-    "phantom-no-output-parent": Case(
-        "make_phantom", no_parent, phantom_args("missing_parent/data")
-    ),
     "phantom-unwritable-output": Case("make_phantom", locked_output, phantom_args("locked/data")),
     # visualize: CSVs and scans of the drawn case-day, the case-day itself, the output folder.
     "vis-truth-rle-start-0": Case(

@@ -176,13 +176,18 @@ def _kill_then_rerun(tool: Tool, scratch: Path) -> list[str]:
 
 def _check_coco(path: Path) -> None:
     data = json.loads(path.read_text())
+    if path.name == "manifest.json":
+        # The manifest is written last: when it exists, every file it lists is whole.
+        assert set(data["files"]) == {"all.json", "train_fold0.json", "val_fold0.json"} | {
+            "train_fold1.json",
+            "val_fold1.json",
+        }
+        for name, size in data["files"].items():
+            assert (path.parent / name).stat().st_size == size, name
+            json.loads((path.parent / name).read_text())
+        return
     assert {"images", "annotations", "categories"} <= set(data)
     assert data["images"], "no images"
-    if path.name == "all.json":
-        # all.json is written last: when it exists, the fold files must too.
-        for fold in range(2):
-            for split in ("train", "val"):
-                json.loads((path.parent / f"{split}_fold{fold}.json").read_text())
 
 
 def _check_scores(path: Path) -> None:
@@ -203,7 +208,7 @@ def _submission_checker(sample: Path) -> Callable[[Path], None]:
 
 def _tools(root: Path, tmp: Path, weights: Path) -> list[Tool]:
     coco_outputs = ("all.json", "train_fold0.json", "val_fold0.json")
-    coco_outputs += ("train_fold1.json", "val_fold1.json")
+    coco_outputs += ("train_fold1.json", "val_fold1.json", "manifest.json")
     return [
         Tool(
             "infer_submit",
@@ -236,6 +241,7 @@ def _tools(root: Path, tmp: Path, weights: Path) -> list[Tool]:
                 Kill(after=0.2),
                 Kill(before_renaming="train_fold0.json"),
                 Kill(before_renaming="all.json"),
+                Kill(before_renaming="manifest.json"),
                 Kill(at_new_temp_file=True),
                 Kill(after=0.8),
                 Kill(after=1.1),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,56 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     if target.is_dir():
         raise UWMInputError(f"output path {str(target)!r} is a folder, not a file")
     return target
+
+
+def check_output_folder(out: str | os.PathLike, must_be_empty: bool = False) -> Path:
+    """Fail early, naming the culprit, unless ``out`` can be (or is) a writable output folder.
+
+    ``out`` may exist (as a folder; empty if ``must_be_empty``) or be created along with missing
+    parents: the nearest existing ancestor must be a writable folder. Nothing is created here.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise UWMInputError(f"output path {str(out)!r} is a file, not a folder")
+        if must_be_empty and any(out.iterdir()):
+            raise UWMInputError(f"output folder {str(out)!r} is not empty")
+        if not os.access(out, os.W_OK):
+            raise UWMInputError(f"output folder {str(out)!r} is not writable")
+        return out
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UWMInputError(
+            f"output folder {str(out)!r} cannot be created: {str(ancestor)!r} is a file"
+        )
+    if not os.access(ancestor, os.W_OK):
+        raise UWMInputError(f"output folder {str(out)!r} cannot be created in {str(ancestor)!r}")
+    return out
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, must_be_empty: bool = False) -> Iterator[Path]:
+    """Create ``out`` (and missing parents) for a run; if the run fails, remove what it created.
+
+    The one output-folder rule of every tool: checked by :func:`check_output_folder` first; on
+    an exception, the folders this call created are deleted with everything in them (they did
+    not exist before, so only this run wrote there), and an existing folder is left as it was.
+    """
+    out = check_output_folder(out, must_be_empty)
+    created = []
+    folder = out
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)  # the outermost folder created
+        raise
 
 
 def _host_tag() -> str:

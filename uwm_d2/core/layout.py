@@ -6,8 +6,10 @@ Every reader here is strict and raises :class:`~uwm_d2.core.errors.UWMInputError
 message naming the file, folder or row at fault: a silently skipped scan or row would shift a
 volume or drop a case from the score without anyone noticing.
 
-RLE strings are *not* decoded here (that needs the scan shape and costs time); whoever decodes them
-reports failures as ``row <id> <class>: <message>``.
+RLE strings are *not* decoded by the readers (that needs the scan shape and costs time); whoever
+decodes them goes through :func:`decode_row`, which reports a failure as
+``<file>: row <id> <class>: <message>``. :func:`label_table` is the one pivot of a label CSV to one
+row per slice with a column per class, checked against the scans on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from uwm_d2.core.errors import UWMInputError
@@ -28,6 +31,7 @@ from uwm_d2.core.ids import (
     parse_scan_name,
     parse_slice_id,
 )
+from uwm_d2.core.rle import parse_rle, rle_decode
 
 #: Columns of :func:`index_scans`, in this order.
 SCAN_COLUMNS: tuple[str, ...] = (
@@ -291,3 +295,70 @@ def _validate_rows(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
             f"CSV {str(path)!r}: row {row['id']} {row['class']} appears more than once"
         )
     return frame
+
+
+def row_context(csv_name: str, slice_id: str, class_name: str = "") -> str:
+    """``"<file>: row <id> <class>"``: how every message about one CSV row starts."""
+    return f"{csv_name}: row {slice_id}" + (f" {class_name}" if class_name else "")
+
+
+def decode_row(
+    rle: str, shape: tuple[int, int], csv_name: str, slice_id: str, class_name: str
+) -> np.ndarray:
+    """:func:`~uwm_d2.core.rle.rle_decode` of one CSV cell; a bad string names its row.
+
+    Raises:
+        UWMInputError: ``"<file>: row <id> <class>: <what is wrong>"``.
+    """
+    try:
+        return rle_decode(rle, shape)
+    except UWMInputError as error:
+        raise UWMInputError(f"{row_context(csv_name, slice_id, class_name)}: {error}") from None
+
+
+def check_row(rle: str, num_pixels: int, csv_name: str, slice_id: str, class_name: str) -> None:
+    """Validate one CSV cell's RLE without decoding it (see :func:`decode_row`)."""
+    try:
+        parse_rle(rle, num_pixels)
+    except UWMInputError as error:
+        raise UWMInputError(f"{row_context(csv_name, slice_id, class_name)}: {error}") from None
+
+
+def label_table(
+    labels: pd.DataFrame,
+    value_column: str,
+    csv_name: str,
+    scan_ids: pd.Index | set[str] | None = None,
+    scan_folder: str = "",
+) -> pd.DataFrame:
+    """One row per slice id, one column per class (:data:`CLASSES` order), RLE strings as cells.
+
+    Args:
+        labels: rows of :func:`read_label_csv` / :func:`read_prediction_csv`.
+        value_column: their RLE column.
+        csv_name: the file's name, for messages.
+        scan_ids: when given, the ids of the scans on disk: every row must have its scan.
+        scan_folder: where those scans are, for the message.
+
+    Returns:
+        A frame indexed by id (in first-seen order) with the columns :data:`CLASSES`.
+
+    Raises:
+        UWMInputError: a row whose id has no scan (``"<file>: row <id> has no scan under ..."``);
+            an id without a row for every class (``"<file>: id <id> has no row for class ..."``).
+    """
+    if scan_ids is not None:
+        missing = ~labels["id"].isin(scan_ids)
+        if missing.any():
+            slice_id = labels.loc[missing.idxmax(), "id"]
+            raise UWMInputError(
+                f"{row_context(csv_name, slice_id)} has no scan under {scan_folder!r}"
+            )
+    wide = labels.pivot(index="id", columns="class", values=value_column)
+    wide = wide.reindex(index=pd.unique(labels["id"]), columns=list(CLASSES))
+    incomplete = wide.isna().any(axis=1)
+    if incomplete.any():
+        slice_id = incomplete.idxmax()
+        absent = [name for name in CLASSES if pd.isna(wide.loc[slice_id, name])]
+        raise UWMInputError(f"{csv_name}: id {slice_id} has no row for class {', '.join(absent)}")
+    return wide

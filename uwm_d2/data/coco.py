@@ -10,20 +10,20 @@ holes are never filled and inner contours never become instances. The competitio
 Outputs (all written atomically, and only after everything was built and validated, so a failure
 leaves no partial output): ``all.json`` and, for every fold ``k``, ``train_fold{k}.json`` and
 ``val_fold{k}.json``, with folds grouped by case (:func:`uwm_d2.data.folds.assign_folds`). Image
-and annotation ids are the same in every file.
+and annotation ids are the same in every file. ``manifest.json``, written last, says which files
+make up this build (with their sizes): a folder describes exactly one build. Fold files of an
+earlier build with more folds are deleted, and registration (:mod:`uwm_d2.data.register`) reads
+the manifest, never a glob, so a stale ``train_fold4.json`` can never be trained on silently.
 
 Reading every PNG (to check it exists, decodes and has the size its name promises) is the cost, so
-case-days are processed in worker processes.
+case-days are processed in worker processes (:func:`uwm_d2.core.progress.parallel_map`).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,13 @@ import cv2
 import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_util
-from tqdm import tqdm
 
-from uwm_d2.core.atomic import atomic_write_text
+from uwm_d2.core.atomic import atomic_write_text, check_output_folder, output_folder
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import read_scan
-from uwm_d2.core.layout import BAD_CASE_DAYS, index_scans, read_label_csv
-from uwm_d2.core.rle import rle_decode
+from uwm_d2.core.layout import BAD_CASE_DAYS, decode_row, index_scans, label_table, read_label_csv
+from uwm_d2.core.progress import Progress, parallel_map
 from uwm_d2.data.folds import assign_folds
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
     "CATEGORIES",
     "CocoBuild",
     "build_coco",
-    "check_output_folder",
     "make_coco",
     "mask_annotations",
     "write_coco",
@@ -58,6 +56,11 @@ CATEGORIES: list[dict[str, Any]] = [
     {"id": index + 1, "name": name, "supercategory": "gi_tract"}
     for index, name in enumerate(CLASSES)
 ]
+
+#: Written last into a COCO folder: the build's settings and ``{file name: size in bytes}``.
+MANIFEST = "manifest.json"
+#: Fold files of any build (current or stale).
+_FOLD_FILE_GLOBS = ("train_fold*.json", "val_fold*.json")
 
 #: With ``workers=None``, one worker process per this many slices (up to the CPU count).
 _SLICES_PER_WORKER = 1000
@@ -163,22 +166,26 @@ def mask_annotations(mask: np.ndarray, category_id: int) -> list[dict[str, Any]]
     return annotations
 
 
-def _process_case_day(
-    root: str, csv_name: str, tasks: Sequence[_ImageTask]
-) -> list[tuple[int, list[dict[str, Any]]]]:
+@dataclass(frozen=True)
+class _CaseDayJob:
+    """One case-day's slices for a worker."""
+
+    root: str
+    csv_name: str
+    tasks: tuple[_ImageTask, ...]
+
+
+def _process_case_day(job: _CaseDayJob) -> list[tuple[int, list[dict[str, Any]]]]:
     """Check each scan on disk and turn its three masks into annotations (runs in a worker)."""
     cv2.setNumThreads(1)  # parallelism comes from the processes
     results = []
-    for task in tasks:
-        read_scan(Path(root) / task.path, (task.height, task.width))
+    for task in job.tasks:
+        read_scan(Path(job.root) / task.path, (task.height, task.width))
         annotations: list[dict[str, Any]] = []
         for category_id, (name, rle) in enumerate(zip(CLASSES, task.rles, strict=True), start=1):
             if not rle:
                 continue  # most rows are empty: skip the decode and the component search
-            try:
-                mask = rle_decode(rle, (task.height, task.width))
-            except UWMInputError as error:
-                raise UWMInputError(f"{csv_name}: row {task.slice_id} {name}: {error}") from None
+            mask = decode_row(rle, (task.height, task.width), job.csv_name, task.slice_id, name)
             annotations.extend(mask_annotations(mask, category_id))
         results.append((task.image_id, annotations))
     return results
@@ -193,28 +200,11 @@ def _image_tables(root: Path, exclude_bad: bool) -> tuple[pd.DataFrame, pd.DataF
         scans = scans[~scans["case_day"].isin(BAD_CASE_DAYS)].reset_index(drop=True)
         case_days = labels["id"].str.extract(r"^(case\d+_day\d+)_", expand=False)
         labels = labels[~case_days.isin(BAD_CASE_DAYS)].reset_index(drop=True)
-    on_disk = set(scans["id"])
-    missing = ~labels["id"].isin(on_disk)
-    if missing.any():
-        slice_id = labels.loc[missing.idxmax(), "id"]
-        raise UWMInputError(
-            f"{csv_path.name}: row {slice_id} has no scan under {str(root / 'train')!r}"
-        )
-    wide = labels.pivot(index="id", columns="class", values="segmentation")
-    for name in CLASSES:
-        if name not in wide.columns:
-            wide[name] = np.nan
+    wide = label_table(labels, "segmentation", csv_path.name, set(scans["id"]), str(root / "train"))
     unlabelled = ~scans["id"].isin(wide.index)
     if unlabelled.any():
         path = scans.loc[unlabelled.idxmax(), "path"]
         raise UWMInputError(f"scan {path!r} has no rows in {csv_path.name}")
-    incomplete = wide[list(CLASSES)].isna().any(axis=1)
-    if incomplete.any():
-        slice_id = incomplete.idxmax()
-        absent = [name for name in CLASSES if pd.isna(wide.loc[slice_id, name])]
-        raise UWMInputError(
-            f"{csv_path.name}: id {slice_id} has no row for class {', '.join(absent)}"
-        )
     return scans, wide, csv_path
 
 
@@ -271,8 +261,18 @@ def build_coco(
             _ImageTask(image_id, row.id, row.path, int(row.height), int(row.width), rles)
         )
 
-    chunks = list(tasks_by_case_day.values())
-    results = _run_chunks(str(root), csv_path.name, chunks, workers, progress)
+    jobs = [
+        _CaseDayJob(str(root), csv_path.name, tuple(tasks)) for tasks in tasks_by_case_day.values()
+    ]
+    if workers is None:
+        # A spawned worker costs about a second to start (it imports numpy, OpenCV, pandas), the
+        # time to process ~500 slices here: small data sets are faster in this process.
+        workers = min(os.cpu_count() or 1, max(1, len(images) // _SLICES_PER_WORKER))
+    with Progress(
+        len(images), "coco", "slice", enabled=progress, group_unit="case-day", group_total=len(jobs)
+    ) as bar:
+        chunks = parallel_map(_process_case_day, jobs, workers, bar, lambda job: len(job.tasks))
+    results = [result for chunk in chunks for result in chunk]
     annotations = []
     for image_id, image_annotations in sorted(results):
         for annotation in image_annotations:
@@ -298,74 +298,31 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _run_chunks(
-    root: str,
-    csv_name: str,
-    chunks: list[list[_ImageTask]],
-    workers: int | None,
-    progress: bool,
-) -> list[tuple[int, list[dict[str, Any]]]]:
-    """Process every case-day chunk; the first failing chunk (in order) raises its error."""
-    total = sum(len(chunk) for chunk in chunks)
-    if workers is None:
-        # A spawned worker costs about a second to start (it imports numpy, OpenCV, pandas), the
-        # time to process ~500 slices here: small data sets are faster in this process.
-        workers = min(os.cpu_count() or 1, max(1, total // _SLICES_PER_WORKER))
-    workers = min(workers, max(len(chunks), 1))
-    bar = tqdm(
-        total=total,
-        unit="slice",
-        desc="coco",
-        disable=None if progress else True,
-    )
-    results: list[tuple[int, list[dict[str, Any]]]] = []
-    with bar:
-        if workers <= 1:
-            for chunk in chunks:
-                results.extend(_process_case_day(root, csv_name, chunk))
-                bar.update(len(chunk))
-            return results
-        # spawn, not fork: OpenCV's thread pool does not survive a fork reliably.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            futures: list[Future] = [
-                pool.submit(_process_case_day, root, csv_name, chunk) for chunk in chunks
-            ]
-            # In submission order, so the reported error does not depend on timing.
-            for future, chunk in zip(futures, chunks, strict=True):
-                results.extend(future.result())
-                bar.update(len(chunk))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return results
-
-
-def check_output_folder(out: str | os.PathLike) -> Path:
-    """``out`` must be an existing folder or a new one whose parent exists."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UWMInputError(f"output path {str(out)!r} is a file, not a folder")
-    if not out.exists() and not out.parent.is_dir():
-        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
-        raise UWMInputError(f"output folder {str(out)!r} cannot be created: its parent {what}")
-    return out
-
-
 def write_coco(build: CocoBuild, out: str | os.PathLike) -> list[Path]:
-    """Write every file of ``build`` into ``out`` (created if missing), each atomically,
-    ``all.json`` last."""
-    out = check_output_folder(out)
+    """Write every file of ``build`` into ``out`` (created with missing parents), each atomically,
+    delete fold files of an earlier build, and write ``manifest.json`` last."""
     contents = {
         name: json.dumps(data, separators=(",", ":")) for name, data in build.files().items()
     }
-    out.mkdir(exist_ok=True)
     written = []
-    # all.json last: its presence is what says "built" (uwm_d2.data.register.has_coco_files), so a
-    # run killed halfway never leaves a folder that looks complete but lacks fold files.
-    for name in sorted(contents, key=lambda name: name == "all.json"):
-        text = contents[name]
-        atomic_write_text(out / name, text)
-        written.append(out / name)
+    with output_folder(out) as folder:
+        # No manifest while the folder changes: a run killed halfway leaves a folder that says
+        # "not built" (uwm_d2.data.register refuses it) rather than a mix of two builds.
+        (folder / MANIFEST).unlink(missing_ok=True)
+        for name, text in contents.items():
+            atomic_write_text(folder / name, text)
+            written.append(folder / name)
+        stale = {p for pattern in _FOLD_FILE_GLOBS for p in folder.glob(pattern)} - set(written)
+        for path in sorted(stale):
+            path.unlink()
+        manifest = {
+            "num_folds": build.num_folds,
+            "fold_seed": build.all["info"]["fold_seed"],
+            "exclude_bad": build.all["info"]["exclude_bad"],
+            "files": {name: len(text.encode()) for name, text in contents.items()},
+        }
+        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        written.append(folder / MANIFEST)
     return written
 
 

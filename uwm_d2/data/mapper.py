@@ -11,7 +11,10 @@ keys), with three differences that this data needs:
   (COCO RLE, decoded to bitmasks) go through the same geometric transforms, and boxes are
   recomputed from the transformed masks (a rotated box would be loose);
 * empty slices stay: they come out with an empty ``Instances`` (zero boxes, zero bitmasks), which
-  the ROI heads train on as pure background.
+  the ROI heads train on as pure background;
+* the same transformed masks also give ``sem_seg``, a ``(C, H, W)`` uint8 map per class (1 where
+  any instance of the class is; classes may overlap), the target of the multi-label semantic head
+  (:mod:`uwm_d2.modeling.semantic`), so both model kinds learn from exactly the same labels.
 
 ``height``/``width`` of the output are the scan's own (e.g. 310/360 for a 360x310 scan), so the
 model rescales its predictions to the original scan, whatever the training resize was.
@@ -30,10 +33,11 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 from pycocotools import mask as mask_util
 
 from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS, read_scan
 from uwm_d2.data.inputs import build_model_input
 from uwm_d2.data.transforms import RandomAffine, RandomPhotometric, ResizeShortestEdgeCV2
@@ -75,7 +79,8 @@ class UWMDatasetMapper:
     Output: the input dict's fields (``file_name``, ``image_id``, ``slice_id``, ``case_day``,
     ``height``, ``width``, ...) plus ``image``, a ``(C, H', W')`` ``float32`` tensor in
     ``[0, 255]`` (one channel per slice offset), and, when annotations are kept, ``instances``
-    with ``gt_boxes``, ``gt_classes`` and ``gt_masks`` (``BitMasks``). ``annotations`` is removed.
+    with ``gt_boxes``, ``gt_classes`` and ``gt_masks`` (``BitMasks``) and ``sem_seg``, the
+    ``(C, H', W')`` uint8 per-class union of those masks. ``annotations`` is removed.
     """
 
     @configurable
@@ -145,7 +150,9 @@ class UWMDatasetMapper:
         annotations = dataset_dict.pop("annotations", None)
         if not self.keep_annotations:
             return dataset_dict
-        dataset_dict["instances"] = self._instances(annotations or [], transforms, image_shape)
+        instances = self._instances(annotations or [], transforms, image_shape)
+        dataset_dict["instances"] = instances
+        dataset_dict["sem_seg"] = class_maps(instances, len(CLASSES))
         return dataset_dict
 
     @staticmethod
@@ -186,20 +193,18 @@ class UWMDatasetMapper:
             masks = np.zeros((0, height, width), dtype=bool)
             classes = np.zeros((0,), dtype=np.int64)
         instances = Instances(image_shape)
-        instances.gt_boxes = Boxes(torch.from_numpy(_mask_boxes(masks)))
-        instances.gt_classes = torch.from_numpy(classes)
         instances.gt_masks = BitMasks(torch.from_numpy(masks))
+        instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        instances.gt_classes = torch.from_numpy(classes)
         return instances
 
 
-def _mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """``(N, 4)`` float32 XYXY boxes of ``(N, H, W)`` bool masks (none empty), as BitMasks does:
-    ``x1, y1`` are one past the last foreground column / row."""
-    if len(masks) == 0:
-        return np.zeros((0, 4), dtype=np.float32)
-    columns, rows = masks.any(axis=1), masks.any(axis=2)  # (N, W), (N, H)
-    x0 = columns.argmax(axis=1)
-    x1 = masks.shape[2] - columns[:, ::-1].argmax(axis=1)
-    y0 = rows.argmax(axis=1)
-    y1 = masks.shape[1] - rows[:, ::-1].argmax(axis=1)
-    return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
+def class_maps(instances: Instances, num_classes: int) -> torch.Tensor:
+    """``(num_classes, H, W)`` uint8: per class, the union of its instances' ``gt_masks``."""
+    height, width = instances.image_size
+    maps = torch.zeros((num_classes, height, width), dtype=torch.uint8)
+    if len(instances):
+        masks = instances.gt_masks.tensor
+        for class_index in instances.gt_classes.unique().tolist():
+            maps[class_index] = masks[instances.gt_classes == class_index].any(dim=0)
+    return maps

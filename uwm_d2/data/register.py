@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: detectron2 ``evaluator_type`` of every dataset registered here.
 EVALUATOR_TYPE = "uwm"
-_FOLD_FILE_RE = re.compile(r"train_fold(\d+)\.json")
 
 
 def load_uwm_json(
@@ -50,7 +48,6 @@ def load_uwm_json(
     data_root: str | os.PathLike,
     slice_offsets: Sequence[int] = DEFAULT_SLICE_OFFSETS,
     exclude_bad: bool = True,
-    dataset_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """Load one COCO file of :mod:`uwm_d2.data.coco` as detectron2 dataset dicts.
 
@@ -59,8 +56,6 @@ def load_uwm_json(
         data_root: the competition root that the images' ``file_name`` are relative to.
         slice_offsets: the 2.5D channels; sets each record's ``neighbor_files``.
         exclude_bad: drop the case-days of :data:`uwm_d2.core.layout.BAD_CASE_DAYS`.
-        dataset_name: when given, its metadata gets ``scan_geometry``
-            (``{case_day: {"height", "width", "num_slices", "spacing"}}``).
 
     Returns:
         One dict per slice, sorted by case-day then slice number.
@@ -119,36 +114,14 @@ def load_uwm_json(
         logger.info(f"{json_file.name}: left out {len(dropped)} case-day(s) with known bad labels")
     attach_neighbor_files(records, slice_offsets)
     records.sort(key=lambda record: (record["case"], record["day"], record["slice"]))
-    if dataset_name is not None:
-        geometry = scan_geometry(records)
-        metadata = MetadataCatalog.get(dataset_name)
-        if getattr(metadata, "scan_geometry", None) != geometry:
-            # A re-load after the files changed: replace the stale value (set() refuses changes).
-            metadata.__dict__.pop("scan_geometry", None)
-            metadata.set(scan_geometry=geometry)
     return records
 
 
-def scan_geometry(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{case_day: {"height", "width", "num_slices", "spacing"}}`` of dataset dicts."""
-    geometry: dict[str, dict[str, Any]] = {}
-    for record in records:
-        entry = geometry.setdefault(
-            record["case_day"],
-            {
-                "height": record["height"],
-                "width": record["width"],
-                "num_slices": 0,
-                "spacing": list(record["spacing"]),
-            },
-        )
-        entry["num_slices"] += 1
-    return geometry
-
-
 def has_coco_files(coco_dir: str | os.PathLike) -> bool:
-    """Whether ``coco_dir`` holds a built COCO dataset (its ``all.json``)."""
-    return (Path(coco_dir) / "all.json").is_file()
+    """Whether ``coco_dir`` holds a finished COCO build (its ``manifest.json``, written last)."""
+    from uwm_d2.data.coco import MANIFEST
+
+    return (Path(coco_dir) / MANIFEST).is_file()
 
 
 def ensure_coco_files(
@@ -181,14 +154,34 @@ def ensure_coco_files(
 
 
 def fold_numbers(coco_dir: str | os.PathLike) -> list[int]:
-    """The folds ``k`` that have both ``train_fold{k}.json`` and ``val_fold{k}.json``."""
+    """The folds of the build in ``coco_dir``, as its manifest lists them (never a glob).
+
+    Raises:
+        UWMInputError: the folder has no manifest (not built by ``tools/make_coco.py``, or the
+            build was interrupted), or a file the manifest lists is missing or has another size
+            (changed since the build).
+    """
+    from uwm_d2.data.coco import MANIFEST
+
     coco_dir = Path(coco_dir)
-    folds = []
-    for path in coco_dir.glob("train_fold*.json"):
-        match = _FOLD_FILE_RE.fullmatch(path.name)
-        if match and (coco_dir / f"val_fold{match.group(1)}.json").is_file():
-            folds.append(int(match.group(1)))
-    return sorted(folds)
+    rebuild = "rebuild it with tools/make_coco.py"
+    try:
+        manifest = json.loads((coco_dir / MANIFEST).read_text())
+        num_folds, files = int(manifest["num_folds"]), dict(manifest["files"])
+    except FileNotFoundError:
+        raise UWMInputError(
+            f"COCO folder {str(coco_dir)!r} has no {MANIFEST} (not a finished build); {rebuild}"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UWMInputError(
+            f"COCO folder {str(coco_dir)!r}: unreadable {MANIFEST} ({error}); {rebuild}"
+        ) from None
+    for name, size in files.items():
+        path = coco_dir / name
+        if not path.is_file() or path.stat().st_size != size:
+            what = "is missing" if not path.is_file() else "changed since the build"
+            raise UWMInputError(f"COCO file {str(path)!r} {what}; {rebuild}")
+    return list(range(num_folds))
 
 
 def _register(
@@ -205,7 +198,7 @@ def _register(
         MetadataCatalog.remove(name)
 
     def load() -> list[dict[str, Any]]:
-        return load_uwm_json(json_file, data_root, slice_offsets, exclude_bad, dataset_name=name)
+        return load_uwm_json(json_file, data_root, slice_offsets, exclude_bad)
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(

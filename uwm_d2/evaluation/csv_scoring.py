@@ -17,10 +17,17 @@ import numpy as np
 import pandas as pd
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.ids import SLICE_THICKNESS_MM
+from uwm_d2.core.layout import (
+    check_row,
+    decode_row,
+    index_scans,
+    label_table,
+    read_label_csv,
+    read_prediction_csv,
+    row_context,
+)
 from uwm_d2.core.metrics import LazyVolumes, score_volumes
-from uwm_d2.core.rle import parse_rle, rle_decode
 
 
 def _index_data_root(root: Path) -> pd.DataFrame:
@@ -38,7 +45,7 @@ def _index_data_root(root: Path) -> pd.DataFrame:
     return scans.set_index("id")
 
 
-class _LazyVolumes(LazyVolumes):
+class CsvVolumes(LazyVolumes):
     """``{(case_day, class): (pred_vol, truth_vol)}`` decoded on access, one volume pair at a time.
 
     A real test set holds ~150 case-days of up to 144 x 360 x 310 voxels per class; decoding all of
@@ -71,17 +78,8 @@ class _LazyVolumes(LazyVolumes):
             ):
                 rle = table.get((slice_id, name), "")
                 if rle:
-                    volume[depth] = _decode(rle, (height, width), file_name, slice_id, name)
+                    volume[depth] = decode_row(rle, (height, width), file_name, slice_id, name)
         return pred, truth
-
-
-def _decode(
-    rle: str, shape: tuple[int, int], file_name: str, slice_id: str, name: str
-) -> np.ndarray:
-    try:
-        return rle_decode(rle, shape).astype(bool)
-    except UWMInputError as error:
-        raise UWMInputError(f"{file_name}: row {slice_id} {name}: {error}") from None
 
 
 def score_submission(
@@ -112,24 +110,13 @@ def score_submission(
         raise UWMInputError(f"truth CSV {str(truth_path)!r} has no rows")
     scans = _index_data_root(Path(data_root))
 
-    unknown = ~truth["id"].isin(scans.index)
-    if unknown.any():
-        slice_id = truth.loc[unknown.idxmax(), "id"]
-        raise UWMInputError(
-            f"{truth_path.name}: row {slice_id} has no scan under {str(data_root)!r}"
-        )
-    counts = truth.groupby("id", sort=False)["class"].nunique()
-    if (counts < len(CLASSES)).any():
-        slice_id = counts.index[(counts < len(CLASSES)).argmax()]
-        present = set(truth.loc[truth["id"] == slice_id, "class"])
-        absent = ", ".join(name for name in CLASSES if name not in present)
-        raise UWMInputError(f"{truth_path.name}: id {slice_id} has no row for class {absent}")
+    label_table(truth, "segmentation", truth_path.name, scans.index, str(data_root))
     truth_keys = pd.MultiIndex.from_frame(truth[["id", "class"]])
     extra = ~pd.MultiIndex.from_frame(pred[["id", "class"]]).isin(truth_keys)
     if extra.any():
         row = pred.loc[extra.argmax()]
         raise UWMInputError(
-            f"{pred_path.name}: row {row['id']} {row['class']} is not in the truth "
+            f"{row_context(pred_path.name, row['id'], row['class'])} is not in the truth "
             f"{truth_path.name}"
         )
 
@@ -155,9 +142,6 @@ def score_submission(
         for (slice_id, name), rle in table.items():
             if rle:
                 height, width = shapes[scans.at[slice_id, "case_day"]]
-                try:
-                    parse_rle(rle, height * width)
-                except UWMInputError as error:
-                    raise UWMInputError(f"{file_name}: row {slice_id} {name}: {error}") from None
-    volumes = _LazyVolumes(slices, shapes, truth_rles, pred_rles, truth_path.name, pred_path.name)
+                check_row(rle, height * width, file_name, slice_id, name)
+    volumes = CsvVolumes(slices, shapes, truth_rles, pred_rles, truth_path.name, pred_path.name)
     return score_volumes(volumes, spacings)
