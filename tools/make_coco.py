@@ -1,12 +1,16 @@
 """Build COCO JSON (all.json, train_fold{k}.json, val_fold{k}.json) from a competition data root.
 
-Example::
-
-    python tools/make_coco.py --data-root data/phantom --out data/phantom/coco --folds 5
+Examples:
+    # the phantom of `make demo`, 4 folds grouped by case
+    python tools/make_coco.py --data-root demo_output/data --out demo_output/coco --folds 4
+    # the competition's data, 5 folds, without the case-days whose labels are known to be wrong
+    python tools/make_coco.py --data-root /data/uw-madison-gi-tract-image-segmentation \
+        --out /data/coco --folds 5 --exclude-bad
 
 Every training slice becomes one image (empty slices included); every 8-connected component of a
-class mask one annotation in COCO RLE (holes kept). Folds are grouped by case. Nothing is written
-if any input is bad.
+class mask one annotation in COCO RLE (holes kept). Folds are grouped by case. The folder gets a
+manifest.json: training reads the folds it lists, so rebuilding with fewer folds into the same
+folder never leaves old fold files to train on. Nothing is written if any input is bad.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from uwm_d2.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--data-root", type=Path, required=True, help="folder with train.csv and train/"
     )

@@ -4,7 +4,9 @@ Example::
 
     python tools/make_phantom.py --out data/phantom --cases 6 --test-cases 2 --seed 0
 
-The result is byte-identical for the same arguments; see :mod:`uwm_d2.phantom` for what it holds.
+Missing parent folders of ``--out`` are created (and removed again if the run then fails on bad
+input, so nothing is left behind). The result is byte-identical for the same arguments; see
+:mod:`uwm_d2.phantom` for what it holds.
 """
 
 from __future__ import annotations
@@ -13,11 +15,33 @@ import argparse
 from pathlib import Path
 
 from uwm_d2.cli import run_main
+from uwm_d2.core.errors import UWMInputError
+
+EXAMPLES = """\
+Examples:
+  # the demo's data root: 6 training cases, 2 unseen test cases (data/ is created if missing)
+  python tools/make_phantom.py --out data/phantom
+
+  # a tiny root for quick experiments: 8 slices per scan, rendered in this process
+  python tools/make_phantom.py --out /tmp/tiny --cases 2 --test-cases 1 --max-slices 8 --workers 1
+
+  # another patient population: every case scanned on two days, seed 1
+  python tools/make_phantom.py --out data/phantom_seed1 --days 2 --seed 1
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="new or empty data root to write")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="new or empty data root to write (missing parent folders are created)",
+    )
     parser.add_argument("--cases", type=int, default=6, help="training cases (default 6)")
     parser.add_argument(
         "--test-cases", type=int, default=2, help="cases seen only in test/ (default 2)"
@@ -35,20 +59,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def create_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing ancestors; return those created, outermost first.
+
+    Raises:
+        UWMInputError: an existing ancestor is a file, not a folder.
+        PermissionError: a folder may not be created there (the ones created so far are removed).
+    """
+    if folder.exists() or folder.is_symlink():
+        return []  # there already; if it is not a folder, make_phantom says so
+    missing = []
+    current = folder
+    while not current.is_dir():
+        if current.exists() or current.is_symlink():
+            raise UWMInputError(
+                f"cannot create the output folder {str(folder)!r}: {str(current)!r} is not a folder"
+            )
+        missing.append(current)
+        current = current.parent
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+    except BaseException:
+        remove_empty(created)
+        raise
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` (outermost first) that are still empty, innermost first."""
+    for path in reversed(folders):
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (a run wrote into it) or gone: leave it and everything above
+
+
 def main() -> None:
     args = parse_args()
     # Imported here so that --help stays instant.
     from uwm_d2.phantom import make_phantom
 
-    summary = make_phantom(
-        args.out,
-        cases=args.cases,
-        seed=args.seed,
-        max_slices=args.max_slices,
-        days_per_case=(1, 3) if args.days is None else args.days,
-        test_cases=args.test_cases,
-        workers=args.workers,
-    )
+    created = create_parents(args.out.parent)
+    try:
+        summary = make_phantom(
+            args.out,
+            cases=args.cases,
+            seed=args.seed,
+            max_slices=args.max_slices,
+            days_per_case=(1, 3) if args.days is None else args.days,
+            test_cases=args.test_cases,
+            workers=args.workers,
+        )
+    except BaseException:
+        # Bad arguments are refused before anything is written: take the new parents back too.
+        remove_empty(created)
+        raise
     print("\n".join(summary.lines()))
 
 

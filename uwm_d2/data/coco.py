@@ -121,7 +121,8 @@ class CocoBuild:
             + ", ".join(f"{c['name']} {per_class[c['id']]}" for c in self.all["categories"]),
         ]
         lines += [
-            f"fold {fold}: {fold_slices[fold]} val slices, {fold_cases[fold]} cases"
+            f"fold {fold}: {fold_slices[fold]} val slices, {fold_cases[fold]} "
+            + ("case" if fold_cases[fold] == 1 else "cases")
             for fold in range(self.num_folds)
         ]
         return lines
