@@ -2,7 +2,9 @@
 
 The fast Hausdorff is checked against a brute-force reference built from
 ``scipy.spatial.distance.directed_hausdorff`` on every foreground voxel; that reference lives here
-(and in the benchmark), never in the package.
+(and in the benchmark), never in the package. Small volumes rarely reach the block pruning of
+``_max_nearest`` (it starts above a few hundred candidate voxels), so the comparisons also run
+with it forced on every source voxel (``pruning_everywhere``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,26 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.spatial.distance import cdist, directed_hausdorff
 
+import uwm_d2.core.metrics as metrics
 from uwm_d2.core.metrics import (
     DEFAULT_SPACING_MM,
+    HausdorffPair,
     dice_3d,
     dice_coefficient,
     hausdorff_distance,
     hd95_mm,
     normalized_hausdorff,
     score_volumes,
+    slice_dice,
 )
+
+
+@pytest.fixture(params=["default", "pruning_everywhere"])
+def pruning(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test as shipped, and again with the block pruning used for any number of voxels."""
+    if request.param == "pruning_everywhere":
+        monkeypatch.setattr(metrics, "_DIRECT_QUERY", 0)
+    return request.param
 
 
 def brute_force_hausdorff(
@@ -125,7 +138,7 @@ def test_hausdorff_is_symmetric_and_counts_interior_voxels() -> None:
     assert hausdorff_distance(truth, pred) == pytest.approx(math.sqrt(128))
 
 
-def test_hausdorff_maximum_can_lie_inside_a_mask() -> None:
+def test_hausdorff_maximum_can_lie_inside_a_mask(pruning: str) -> None:
     # A filled disk inside a ring: the worst prediction voxel is the disk's centre, an interior
     # voxel, so a surface-only shortcut would be wrong.
     yy, xx = np.mgrid[:21, :21]
@@ -135,6 +148,14 @@ def test_hausdorff_maximum_can_lie_inside_a_mask() -> None:
     value = hausdorff_distance(pred, truth)
     assert value == pytest.approx(brute_force_hausdorff(pred, truth), abs=1e-9)
     assert value >= 8.0
+    # The same in 3D, a ball inside a shell, large enough for every pruning level.
+    grid = np.indices((33, 33, 33))
+    radius = np.sqrt(sum((axis - 16.0) ** 2 for axis in grid))
+    shell, ball = (radius >= 14) & (radius <= 15), radius <= 11
+    for spacing in ((1.0, 1.0, 1.0), (3.0, 1.63, 1.5)):
+        assert hausdorff_distance(ball, shell, spacing) == pytest.approx(
+            brute_force_hausdorff(ball, shell, spacing), abs=1e-9
+        )
 
 
 def test_hausdorff_identical_and_subset() -> None:
@@ -187,23 +208,28 @@ def test_hausdorff_checks_arguments() -> None:
     shape=st.tuples(st.integers(1, 6), st.integers(1, 12), st.integers(1, 12)),
     densities=st.tuples(st.floats(0.01, 0.6), st.floats(0.01, 0.6)),
     anisotropic=st.booleans(),
+    prune_everywhere=st.booleans(),
 )
 def test_hausdorff_matches_brute_force(
     seed: int,
     shape: tuple[int, int, int],
     densities: tuple[float, float],
     anisotropic: bool,
+    prune_everywhere: bool,
 ) -> None:
     rng = np.random.default_rng(seed)
     pred = _random_volume(rng, shape, densities[0])
     truth = _random_volume(rng, shape, densities[1])
     spacing = (3.0, 1.63, 1.5) if anisotropic else (1.0, 1.0, 1.0)
-    fast = hausdorff_distance(pred, truth, spacing)
+    with pytest.MonkeyPatch.context() as patch:
+        if prune_everywhere:
+            patch.setattr(metrics, "_DIRECT_QUERY", 0)
+        fast = hausdorff_distance(pred, truth, spacing)
     assert fast == pytest.approx(brute_force_hausdorff(pred, truth, spacing), abs=1e-9)
 
 
-def test_hausdorff_matches_brute_force_on_separated_blobs() -> None:
-    # Sparse objects in a large volume exercise the bounding-box crop.
+def test_hausdorff_matches_brute_force_on_separated_blobs(pruning: str) -> None:
+    # Sparse objects scattered over a large volume.
     rng = np.random.default_rng(7)
     for _ in range(10):
         pred = np.zeros((20, 40, 40), dtype=bool)
@@ -215,6 +241,75 @@ def test_hausdorff_matches_brute_force_on_separated_blobs() -> None:
         assert hausdorff_distance(pred, truth) == pytest.approx(
             brute_force_hausdorff(pred, truth), abs=1e-9
         )
+
+
+def _organ(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A lumpy ellipsoid in the middle of the volume: a small stand-in for an organ."""
+    grid = np.indices(shape, dtype=np.float64)
+    centre = np.array(shape) / 2 + rng.normal(0, 1, 3)
+    radii = np.array(shape) * rng.uniform(0.2, 0.3, 3)
+    inside = sum(((axis - c) / r) ** 2 for axis, c, r in zip(grid, centre, radii, strict=True))
+    return inside <= 1 + 0.3 * rng.standard_normal(shape)
+
+
+def test_hausdorff_matches_brute_force_with_far_stray_blobs(pruning: str) -> None:
+    # A prediction near the organ (shifted, grown or shrunk) plus a few voxels anywhere in the
+    # volume, the false positives that used to make the work span the whole scan; and the same
+    # prediction without them. Both directions matter: the blob is far from the truth, and the
+    # truth's nearest prediction voxels are still the organ's.
+    rng = np.random.default_rng(2022)
+    shape = (12, 30, 26)
+    for trial in range(12):
+        truth = _organ(shape, rng)
+        pred = np.roll(truth, tuple(rng.integers(-2, 3, size=3)), axis=(0, 1, 2))
+        if trial % 3 == 1:
+            pred = ndimage.binary_dilation(pred, iterations=2)
+        elif trial % 3 == 2:
+            pred = ndimage.binary_erosion(pred)
+        stray = pred.copy()
+        for _ in range(rng.integers(1, 4)):
+            z, y, x = (int(rng.integers(0, side - 1)) for side in shape)
+            stray[z : z + rng.integers(1, 3), y : y + 2, x] = True
+        for candidate in (pred, stray):
+            for spacing in ((1.0, 1.0, 1.0), (3.0, 1.63, 1.5), tuple(1.0 / n for n in shape)):
+                assert hausdorff_distance(candidate, truth, spacing) == pytest.approx(
+                    brute_force_hausdorff(candidate, truth, spacing), abs=1e-9
+                )
+            diagonal = math.sqrt(sum(side * side for side in shape))
+            assert normalized_hausdorff(candidate, truth) == pytest.approx(
+                min(brute_force_hausdorff(candidate, truth) / diagonal, 1.0), abs=1e-12
+            )
+
+
+def test_hausdorff_pair_serves_several_spacings_and_2d_masks() -> None:
+    rng = np.random.default_rng(5)
+    pred = _random_volume(rng, (5, 11, 9), 0.2)
+    truth = _random_volume(rng, (5, 11, 9), 0.2)
+    pair = HausdorffPair(pred, truth)
+    assert (pair.pred_count, pair.truth_count) == (pred.sum(), truth.sum())
+    assert not pair.identical and HausdorffPair(pred, pred.copy()).identical
+    for spacing in (None, (1.0, 1.0, 1.0), (3.0, 1.5, 1.5), (0.2, 1 / 11, 1 / 9)):
+        assert pair.distance(spacing) == pytest.approx(
+            brute_force_hausdorff(pred, truth, spacing), abs=1e-9
+        )
+    # Any number of dimensions; non-contiguous views (a class of a (D, C, H, W) stack) too.
+    assert hausdorff_distance(pred[2], truth[2], None) == pytest.approx(
+        brute_force_hausdorff(pred[2], truth[2]), abs=1e-9
+    )
+    stacked = np.stack([pred, truth], axis=1)
+    assert hausdorff_distance(stacked[:, 0], stacked[:, 1]) == pytest.approx(
+        brute_force_hausdorff(pred, truth), abs=1e-9
+    )
+
+
+def test_slice_dice_empty_rule_is_a_parameter() -> None:
+    pred = np.zeros((3, 2, 2), dtype=bool)
+    truth = np.zeros((3, 2, 2), dtype=bool)
+    pred[0, 0, :] = truth[0, 0, 0] = True  # Dice 2/3
+    truth[1, 1, 1] = True  # Dice 0; slice 2 empty on both sides
+    assert slice_dice(pred, truth).tolist() == pytest.approx([2 / 3, 0.0, 1.0])
+    assert slice_dice(pred, truth, both_empty=0.0)[2] == 0.0
+    assert math.isnan(slice_dice(pred, truth, both_empty=math.nan)[2])
 
 
 # ---------------------------------------------------------------- HD95 (mm)
@@ -253,6 +348,19 @@ def test_hd95_objects_at_the_volume_border_match_reference() -> None:
     for _ in range(5):
         pred = _random_volume(rng, (5, 9, 8), 0.5)
         truth = _random_volume(rng, (5, 9, 8), 0.5)
+        spacing = (3.0, 1.63, 1.5)
+        assert hd95_mm(pred, truth, spacing) == pytest.approx(
+            brute_force_hd95(pred, truth, spacing), abs=1e-9
+        )
+
+
+def test_hd95_with_far_stray_blobs_matches_reference() -> None:
+    rng = np.random.default_rng(9)
+    shape = (10, 24, 20)
+    for _ in range(4):
+        truth = _organ(shape, rng)
+        pred = np.roll(truth, 1, axis=2)
+        pred[tuple(int(rng.integers(0, side)) for side in shape)] = True
         spacing = (3.0, 1.63, 1.5)
         assert hd95_mm(pred, truth, spacing) == pytest.approx(
             brute_force_hd95(pred, truth, spacing), abs=1e-9
@@ -399,3 +507,41 @@ def test_score_volumes_agrees_with_brute_force_on_random_cases() -> None:
         else:
             expected.append(float(pred.any() != truth.any()))
     assert result["hausdorff"] == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_score_volumes_can_skip_the_clinical_figures() -> None:
+    pred, truth = _case()
+    truth[1, 1:4, 1:4] = True
+    pred[1, 2:5, 1:4] = True
+    volumes = {("case3_day2", "small_bowel"): (pred, truth)}
+    full = score_volumes(volumes)
+    lean = score_volumes(volumes, clinical=False)
+    assert "clinical" in full and "clinical" not in lean
+    assert {key: value for key, value in full.items() if key != "clinical"} == lean
+    assert "readings" not in lean
+
+
+def test_score_volumes_adds_other_readings_from_the_same_pass() -> None:
+    rng = np.random.default_rng(4)
+    volumes = {
+        (f"case{case}_day0", name): (
+            ndimage.binary_dilation(rng.random((5, 9, 7)) < 0.03),
+            ndimage.binary_dilation(rng.random((5, 9, 7)) < 0.03),
+        )
+        for case in range(2)
+        for name in ("large_bowel", "stomach")
+    }
+    plain = score_volumes(volumes)
+    result = score_volumes(volumes, readings="all")
+    assert list(result["readings"]) == ["project", "competition", "mlebench"]
+    project = result["readings"]["project"]
+    assert {key: result[key] for key in ("score", "dice", "hausdorff")} == {
+        key: project[key] for key in ("score", "dice", "hausdorff")
+    }
+    assert {key: value for key, value in result.items() if key != "readings"} == plain
+    only = score_volumes(volumes, clinical=False, readings=["mlebench"])
+    assert list(only["readings"]) == ["mlebench"]
+    assert only["readings"]["mlebench"] == result["readings"]["mlebench"]
+    assert json.loads(json.dumps(result)) == result
+    with pytest.raises(ValueError, match="unknown reading"):
+        score_volumes(volumes, readings="kaggle")
