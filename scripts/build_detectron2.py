@@ -8,7 +8,8 @@ pure-Python wheel once into ``.cache/wheels/`` (ignored by git) and install from
 installs are offline and take seconds.
 
 Order of preference:
-1. an importable detectron2 is already present (e.g. an official build with ``_C``): use it;
+1. an importable detectron2 is already present (e.g. an official build with ``_C``): use it,
+   unless it is an earlier patched build of ours (another ``PATCHED_VERSION``);
 2. a wheel built earlier lies in the cache: install it;
 3. otherwise download the pinned sdist, patch, build the wheel, install it.
 
@@ -31,7 +32,7 @@ SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # The local version label marks our patched build; bump it whenever a fix-up below changes.
-PATCHED_VERSION = "0.6+uwm.1"
+PATCHED_VERSION = "0.6+uwm.2"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO_ROOT / ".cache"
 
@@ -102,11 +103,47 @@ def apply_fixups(src: Path) -> None:
         patched = alias.sub(r"\1", text)
         if patched != text:
             path.write_text(patched)
+    # 9. export/api.py imports caffe2 (gone from torch) at import time: keep its TorchScript parts.
+    _replace(
+        d2 / "export/__init__.py",
+        "from .api import *\n",
+        "try:  # uwm_d2: the caffe2/ONNX export API needs caffe2; TorchScript export needs none\n"
+        "    from .api import *\n"
+        "except ModuleNotFoundError as error:\n"
+        "    if not (error.name or '').startswith('caffe2'):\n"
+        "        raise\n",
+    )
+    # 10. random.sample() refuses a set since Python 3.11: MapDataset's retry path raised TypeError.
+    _replace(
+        d2 / "data/common.py",
+        "self._rng.sample(self._fallback_candidates, k=1)",
+        "self._rng.sample(sorted(self._fallback_candidates), k=1)",
+    )
+    # 11. torch's schedulers now derive from LRScheduler, not _LRScheduler: checkpoint them too.
+    _replace(
+        d2 / "engine/hooks.py",
+        "isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
+        "isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler)",
+        count=2,
+    )
+    # 12. DDP takes device_ids only for a CUDA model: a CPU model on gloo must be given none.
+    _replace(
+        d2 / "engine/defaults.py",
+        '    if "device_ids" not in kwargs:\n',
+        '    if "device_ids" not in kwargs and any(p.is_cuda for p in model.parameters()):\n',
+    )
 
 
 def detectron2_importable(python: str) -> bool:
     probe = "import detectron2, detectron2.modeling, detectron2.engine"
     return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+def installed_version(python: str) -> str | None:
+    """The version of the ``pb1-detectron2`` distribution installed for ``python``, if any."""
+    probe = f"import importlib.metadata as m; print(m.version({SDIST_NAME!r}))"
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def pip(python: str, *args: str) -> None:
@@ -168,7 +205,12 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if detectron2 imports")
     args = parser.parse_args()
     python = sys.executable
-    if not args.force and detectron2_importable(python):
+    # An older patched build of ours (another label) is replaced; any other detectron2 is kept.
+    installed = installed_version(python)
+    stale = installed is not None and installed != PATCHED_VERSION
+    if stale:
+        print(f"detectron2: installed {installed} is not the current fix-up set {PATCHED_VERSION}")
+    if not args.force and not stale and detectron2_importable(python):
         print("detectron2: already importable, nothing to do")
         return 0
     wheel = cached_wheel(args.cache)

@@ -36,53 +36,39 @@ def setup(args: argparse.Namespace) -> Any:
 
 def main(args: argparse.Namespace) -> Any:
     """Runs in every process ``launch`` starts."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    from uwm_d2.core.errors import UWMInputError
     from uwm_d2.engine import UWMTrainer
-    from uwm_d2.inference.predictor import load_checkpoint
 
     cfg = setup(args)
     if args.eval_only:
-        model = UWMTrainer.build_model(cfg)
-        # --resume: the run's last checkpoint, as detectron2 does. Loaded strictly: detectron2's
-        # loader only warns about a checkpoint that does not fit and evaluates a half-random model.
-        last = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        weights = last.get_checkpoint_file() if args.resume and last.has_checkpoint() else ""
-        weights = weights or cfg.MODEL.WEIGHTS
-        if not weights:
-            raise UWMInputError("--eval-only needs a checkpoint: set MODEL.WEIGHTS")
-        load_checkpoint(model, weights)
-        return UWMTrainer.test(cfg, model)
+        return UWMTrainer.evaluate_checkpoint(cfg, resume=args.resume)
     trainer = UWMTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 def cli() -> None:
-    from detectron2.engine import default_argument_parser, launch
+    from detectron2.engine import default_argument_parser
 
     from uwm_d2.config import build_cfg, coco_dir_of
+    from uwm_d2.core.atomic import check_output_folder
     from uwm_d2.core.errors import UWMInputError
     from uwm_d2.data.register import ensure_coco_files
+    from uwm_d2.engine.launch import check_num_processes, launch
 
     args = default_argument_parser().parse_args()
     # Check the config and build missing COCO files once, here, before any worker starts: an input
     # error is then one line, and workers never race to write the same files.
     cfg = build_cfg(args.config_file, args.opts)
-    if args.num_gpus > 1:
-        import torch
-
-        if torch.cuda.device_count() < args.num_gpus:
-            raise UWMInputError(
-                f"--num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} GPUs"
-            )
+    check_output_folder(cfg.OUTPUT_DIR)  # before the (slow) COCO build writes anything
+    # On CUDA one process per GPU; with MODEL.DEVICE cpu, --num-gpus counts CPU processes.
+    check_num_processes(args.num_gpus, cfg.MODEL.DEVICE)
     if not cfg.UWM.DATA_ROOT:
         raise UWMInputError("UWM.DATA_ROOT is not set (the competition data root)")
     ensure_coco_files(coco_dir_of(cfg), cfg.UWM.DATA_ROOT, cfg.UWM.NUM_FOLDS)
     launch(
         main,
         args.num_gpus,
+        device=cfg.MODEL.DEVICE,  # NCCL for CUDA, gloo for the CPU
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
