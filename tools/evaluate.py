@@ -1,47 +1,135 @@
-"""Score a submission CSV against a truth CSV with the competition metric; print JSON.
+"""Score a submission CSV against the truth with the competition metric; print JSON.
 
-Example::
-
-    python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-        --pred submission.csv --json scores.json
-
-Prints one JSON object: ``score`` (0.4 Dice + 0.6 (1 - normalized 3D Hausdorff)), ``dice``,
-``hausdorff``, ``per_class`` and ``clinical`` (3D Dice, HD95 in mm).
+Prints one line per reading of the metric to stderr (``score S (dice D, hausdorff H) on N slices,
+M case-days [reading]``) and one JSON object to stdout, so ``evaluate ... > scores.json`` keeps
+only the JSON. The readings (``--rules``) are ``uwm_d2.core.readings``'s; ``mlebench`` is
+MLE-bench's grader itself (``uwm_d2.evaluation.mlebench``). The logic is
+``uwm_d2.evaluation.csv_scoring.score_rules``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from uwm_d2.cli import run_main
+from uwm_d2.core.errors import UWMInputError
+
+# Listed here rather than imported: ``--help`` must not wait for pandas and scipy.
+RULES = ("project", "competition", "mlebench", "all")
+
+EPILOG = """\
+readings (--rules):
+  project      this project's reading, the community's CV code (default): Dice 1 for an empty
+               pair, Hausdorff per (case-day, class), unit spacing / volume diagonal.
+               JSON as before: score, dice, hausdorff, per_class, clinical, num_slices, ...
+  competition  the competition page's text: Dice 0 for an empty pair, coordinates normalized by
+               the volume's size. JSON: that reading's summary.
+  mlebench     MLE-bench's grader (openai/mle-bench): empty pairs skipped, class masks OR-ed per
+               case-day, column-major decoding; rows matched by position against the answers
+               (with --data-root: the truth CSV, in its own row order). A file it would reject
+               is an error. JSON: its summary; "score" is null when everything is empty.
+  all          every reading side by side: the project JSON plus "readings": {name: summary}.
+  The clinical block (3D Dice, HD95 in mm: the slow part) is computed for project and all only;
+  competition and mlebench alone skip it.
+
+truth:
+  --data-root + --truth  the scans (only their file names are read: sizes, spacings) and the
+                         truth CSV id,class,segmentation; every reading.
+  --answers              MLE-bench's answers file id,class,predicted,image_width,image_height
+                         (its private test.csv); no data root; --rules mlebench only (default).
+
+Examples:
+  # this project's reading (the default: --rules project may be left out), also to scores.json
+  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
+      --pred submission.csv --rules project --json scores.json
+  # the competition page's reading
+  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
+      --pred submission.csv --rules competition
+  # MLE-bench's grader, the answers built from the truth CSV and the scans
+  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
+      --pred submission.csv --rules mlebench
+  # every reading side by side; the summary lines go to stderr, the JSON to the file
+  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
+      --pred submission.csv --rules all > scores.json
+  # MLE-bench's grader with its own answers file (no data root needed)
+  python tools/evaluate.py --answers answers.csv --pred submission.csv --rules mlebench
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-root", type=Path, required=True, help="folder with the scans (train/, test/)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--truth", type=Path, required=True, help="truth CSV (id,class,segmentation)"
+        "--data-root", type=Path, default=None, help="folder with the scans (train/, test/)"
+    )
+    parser.add_argument(
+        "--truth", type=Path, default=None, help="truth CSV (id,class,segmentation)"
+    )
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        default=None,
+        help="MLE-bench answers CSV (id,class,predicted,image_width,image_height), instead of "
+        "--data-root and --truth",
     )
     parser.add_argument(
         "--pred", type=Path, required=True, help="submission CSV (id,class,predicted)"
+    )
+    parser.add_argument(
+        "--rules",
+        choices=RULES,
+        default=None,
+        help="reading of the metric (default: project; mlebench with --answers)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def _check_sources(args: argparse.Namespace) -> str:
+    """The rules to score under, or a one-line error naming the flags that do not go together."""
+    if args.answers is not None:
+        if args.data_root is not None or args.truth is not None:
+            raise UWMInputError("--answers replaces --data-root and --truth: give one or the other")
+        rules = args.rules or "mlebench"
+        if rules != "mlebench":
+            raise UWMInputError(
+                f"--rules {rules} needs the scans' geometry from a data root (--data-root and "
+                f"--truth); an --answers file alone is scored under --rules mlebench only"
+            )
+        return rules
+    if args.data_root is None or args.truth is None:
+        missing = "--truth" if args.data_root is not None else "--data-root"
+        raise UWMInputError(
+            f"missing {missing}: give --data-root and --truth, or --answers (MLE-bench's answers)"
+        )
+    return args.rules or "project"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rules = _check_sources(args)
     from uwm_d2.core.atomic import atomic_write_text, check_writable_target
-    from uwm_d2.evaluation.csv_scoring import score_submission
+    from uwm_d2.evaluation.csv_scoring import score_rules, summary_lines
 
     if args.json is not None:
         check_writable_target(args.json)  # fail before the slow part
-    result = score_submission(args.data_root, args.truth, args.pred)
+    result = score_rules(
+        args.pred,
+        rules,
+        data_root=args.data_root,
+        truth_csv=args.truth,
+        answers_csv=args.answers,
+    )
     text = json.dumps(result, indent=2)
+    for line in summary_lines(result, rules):
+        print(line, file=sys.stderr)
+    sys.stderr.flush()  # the human lines before the JSON when both go to one terminal
     print(text)
     if args.json is not None:
         atomic_write_text(args.json, text + "\n")

@@ -62,7 +62,13 @@ def _blob(shape: tuple[int, int], y: int, x: int, r: int = 6) -> np.ndarray:
     return (yy - y) ** 2 + (xx - x) ** 2 <= r * r
 
 
-def _expected(records: list[dict], preds: dict[str, np.ndarray], cleanup: bool = False) -> dict:
+def _expected(
+    records: list[dict],
+    preds: dict[str, np.ndarray],
+    cleanup: bool = False,
+    readings: str | tuple[str, ...] = "all",
+) -> dict:
+    """The core metric on volumes built here; ``readings`` as the evaluator's default."""
     volumes, spacings = {}, {}
     case_days = sorted({r["case_day"] for r in records})
     for case_day in case_days:
@@ -73,7 +79,7 @@ def _expected(records: list[dict], preds: dict[str, np.ndarray], cleanup: bool =
         for c, name in enumerate(CLASSES):
             p = remove_single_slice_components(pred[:, c]) if cleanup else pred[:, c]
             volumes[(case_day, name)] = (p, truth[:, c])
-    return score_volumes(volumes, spacings)
+    return score_volumes(volumes, spacings, readings=readings)
 
 
 def _run(evaluator: UWMEvaluator, records: list[dict], outputs: dict[str, Instances]) -> dict:
@@ -140,6 +146,91 @@ def test_against_the_core_metric(records: list[dict], tmp_path: Path) -> None:
     cleaned = UWMEvaluator(DATASET, MergeRule(cleanup_3d=True), distributed=False)
     cleaned_flat = _run(cleaned, records, outputs)["uwm"]
     assert cleaned_flat == pytest.approx(flatten_result(_expected(records, preds, cleanup=True)))
+
+
+def _slightly_wrong(records: list[dict]) -> tuple[dict[str, Instances], dict[str, np.ndarray]]:
+    """Outputs that get every organ a little wrong and skip every third slice, and the masks
+    the evaluator must see for them (``{slice_id: (3, H, W)}``)."""
+    outputs, preds = {}, {}
+    for index, record in enumerate(records):
+        if index % 3 == 2:
+            continue  # no prediction: scored as empty
+        shape = (record["height"], record["width"])
+        truth = _truth(record)
+        present = [c for c in range(3) if truth[c].any()]
+        masks = [truth[c] ^ _blob(shape, 40 + 10 * c, 40 + index % 7, 4) for c in present]
+        outputs[record["slice_id"]] = _instances(masks, [0.9] * len(masks), present, shape)
+        preds[record["slice_id"]] = np.zeros_like(truth)
+        for c, mask in zip(present, masks, strict=True):
+            preds[record["slice_id"]][c] = mask
+    return outputs, preds
+
+
+def test_other_readings_are_reported_beside_the_score(records: list[dict], tmp_path: Path) -> None:
+    outputs, preds = _slightly_wrong(records)
+    evaluator = UWMEvaluator(DATASET, distributed=False, output_dir=tmp_path)
+    flat = _run(evaluator, records, outputs)["uwm"]
+    expected = _expected(records, preds, readings="all")
+    # The default reading stays the top level: uwm/score is what the best checkpoint follows.
+    assert flat["score"] == pytest.approx(expected["score"])
+    assert flat["score"] == pytest.approx(expected["readings"]["project"]["score"])
+    for reading in ("competition", "mlebench"):
+        for key in ("score", "dice", "hausdorff"):
+            assert flat[f"{reading}/{key}"] == pytest.approx(expected["readings"][reading][key])
+    assert not any(key.startswith("project/") for key in flat)
+    # Really other readings: empty rows count 0 in the competition's text, are skipped by
+    # MLE-bench, so their Dice differ from the project's (which counts them 1).
+    assert flat["competition/dice"] < flat["dice"]
+    assert flat["mlebench/dice"] != pytest.approx(flat["dice"])
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+    written = json.loads((tmp_path / f"uwm_results_{DATASET}.json").read_text())
+    assert list(written["readings"]) == ["project", "competition", "mlebench"]
+    assert written["readings"]["mlebench"]["score"] == pytest.approx(flat["mlebench/score"])
+    assert written["readings"]["competition"]["num_dice_rows"] == 3 * len(records)
+
+    alone = _run(UWMEvaluator(DATASET, distributed=False, readings=()), records, outputs)["uwm"]
+    assert alone == pytest.approx(flatten_result(_expected(records, preds, readings=())))
+    assert not any(key.split("/")[0] in ("competition", "mlebench") for key in alone)
+    one = _run(UWMEvaluator(DATASET, distributed=False, readings="mlebench"), records, outputs)
+    assert "mlebench/score" in one["uwm"] and "competition/score" not in one["uwm"]
+    with pytest.raises(ValueError, match="unknown reading 'kaggle'"):
+        UWMEvaluator(DATASET, readings="kaggle")
+
+
+def test_a_reading_with_nothing_to_average_writes_no_nan(
+    records: list[dict], tmp_path: Path
+) -> None:
+    """Empty truth and empty predictions: MLE-bench's grader gets NaN; the metrics leave it out."""
+    name = "uwm_test_everything_empty"
+    empty_records = [{**record, "annotations": []} for record in records]
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [dict(record) for record in empty_records])
+    outputs = {
+        r["slice_id"]: _instances([], [], [], (r["height"], r["width"])) for r in empty_records
+    }
+    evaluator = UWMEvaluator(name, distributed=False, output_dir=tmp_path)
+    flat = _run(evaluator, empty_records, outputs)["uwm"]
+    expected = _expected(empty_records, {}, readings="all")
+    assert expected["readings"]["mlebench"]["score"] is None
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+    assert not any(key.startswith("mlebench/") for key in flat)
+    assert flat["score"] == 1.0
+    assert flat["competition/score"] == pytest.approx(expected["readings"]["competition"]["score"])
+    written = json.loads((tmp_path / f"uwm_results_{name}.json").read_text())
+    assert written["readings"]["mlebench"]["score"] is None  # null in the file, not NaN
+
+
+def test_flatten_result_without_the_clinical_block() -> None:
+    truth = np.zeros((4, 8, 10), dtype=bool)
+    truth[1:3, 2:5, 2:6] = True
+    pred = np.roll(truth, 1, axis=2)
+    volumes = {("case1_day0", name): (pred, truth) for name in CLASSES}
+    result = score_volumes(volumes, clinical=False, readings="all")
+    assert "clinical" not in result
+    flat = flatten_result(result)
+    assert not any(key.startswith(("dice_3d/", "hd95_mm/")) for key in flat)
+    assert flat["score"] == pytest.approx(result["score"])
+    assert flat["mlebench/hausdorff"] == pytest.approx(result["readings"]["mlebench"]["hausdorff"])
 
 
 def test_thresholds_and_min_area(records: list[dict]) -> None:

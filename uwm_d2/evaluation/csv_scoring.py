@@ -5,11 +5,18 @@ counts as an empty mask, and a prediction row that is not in the truth is an err
 the two files describe different data). Each (case_day, class) volume stacks the truth slices of
 that case-day in slice-number order; scan shapes and spacings come from the scan file names under
 ``data_root/train`` and ``data_root/test``. The math is :func:`uwm_d2.core.metrics.score_volumes`.
+
+:func:`score_rules` scores one submission under a named reading of the metric, or all of them
+(:mod:`uwm_d2.core.readings`): ``project`` and ``competition`` from the truth and the scans,
+``mlebench`` with MLE-bench's own grader (:mod:`uwm_d2.evaluation.mlebench`: rows matched by
+position, the files it would reject refused), from an answers file or from the truth and the scans.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,14 @@ from uwm_d2.core.layout import (
     row_context,
 )
 from uwm_d2.core.metrics import LazyVolumes, score_volumes
+from uwm_d2.core.readings import READINGS
+from uwm_d2.evaluation.mlebench import answers_from_data_root, score_mlebench
+
+#: What :func:`score_rules` (``tools/evaluate.py --rules``) accepts: a reading, or ``all``.
+RULES: tuple[str, ...] = (*READINGS, "all")
+#: The readings that need the scans' geometry (sizes, spacings) from a data root and a truth CSV;
+#: ``mlebench`` can also be scored from an answers file, which carries the sizes itself.
+NEEDS_DATA_ROOT: tuple[str, ...] = ("project", "competition", "all")
 
 
 def _index_data_root(root: Path) -> pd.DataFrame:
@@ -83,7 +98,12 @@ class CsvVolumes(LazyVolumes):
 
 
 def score_submission(
-    data_root: str | os.PathLike, truth_csv: str | os.PathLike, pred_csv: str | os.PathLike
+    data_root: str | os.PathLike,
+    truth_csv: str | os.PathLike,
+    pred_csv: str | os.PathLike,
+    *,
+    readings: str | Sequence[str] = (),
+    clinical: bool = True,
 ) -> dict[str, Any]:
     """Score ``pred_csv`` against ``truth_csv``; see :func:`uwm_d2.core.metrics.score_volumes`.
 
@@ -92,16 +112,24 @@ def score_submission(
             file names are read, for the shapes and spacings).
         truth_csv: ``id,class,segmentation``.
         pred_csv: ``id,class,predicted`` (or ``segmentation``).
+        readings: other readings of the metric to score in the same pass (names of
+            :data:`uwm_d2.core.readings.READINGS` or ``"all"``); each is scored from the volumes
+            these CSVs decode to (matched by ``(id, class)``, missing rows empty), so this
+            ``mlebench`` entry is the volume-level reading, not the file-level grader of
+            :func:`score_rules`.
+        clinical: also compute the clinical block (HD95 is the slowest part of the scoring).
 
     Returns:
         The dict of :func:`score_volumes`: ``score``, ``dice``, ``hausdorff``, ``per_class``,
-        ``clinical`` (3D Dice and HD95 in mm with spacing ``(3.0, PY, PX)``), ``num_slices``,
-        ``num_case_days``.
+        ``clinical`` (3D Dice and HD95 in mm with spacing ``(3.0, PY, PX)``; absent when
+        ``clinical`` is false), ``num_slices``, ``num_case_days``, and ``readings`` when any
+        were asked.
 
     Raises:
         UWMInputError: a malformed CSV, row, id, class or RLE (named with its row); a truth id
             without a row for every class; a prediction row that is not in the truth; a truth id
             with no scan on disk.
+        ValueError: an unknown reading name.
     """
     truth_path, pred_path = Path(truth_csv), Path(pred_csv)
     truth = read_label_csv(truth_path)
@@ -144,4 +172,118 @@ def score_submission(
                 height, width = shapes[scans.at[slice_id, "case_day"]]
                 check_row(rle, height * width, file_name, slice_id, name)
     volumes = CsvVolumes(slices, shapes, truth_rles, pred_rles, truth_path.name, pred_path.name)
-    return score_volumes(volumes, spacings)
+    return score_volumes(volumes, spacings, clinical=clinical, readings=readings)
+
+
+def score_rules(
+    pred_csv: str | os.PathLike,
+    rules: str = "project",
+    *,
+    data_root: str | os.PathLike | None = None,
+    truth_csv: str | os.PathLike | None = None,
+    answers_csv: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Score a submission under one reading of the metric, or under all of them side by side.
+
+    The truth comes either from ``data_root`` + ``truth_csv`` (every reading) or from an
+    MLE-bench answers file ``answers_csv`` (``id,class,predicted,image_width,image_height``,
+    which carries the scan sizes but no spacings: ``mlebench`` only).
+
+    ``mlebench`` is always MLE-bench's grader on files (:func:`score_mlebench`): rows are matched
+    by position, so with a data root the truth CSV plays the answers, its rows in its own order
+    (:func:`answers_from_data_root`); a submission the grader would reject is refused, under
+    ``all`` too, since one of its numbers would not exist.
+
+    Args:
+        pred_csv: the submission, ``id,class,predicted``.
+        rules: a name of :data:`RULES`.
+        data_root, truth_csv: the scans (only their names are read) and ``id,class,segmentation``.
+        answers_csv: MLE-bench's answers file, instead of the two above.
+
+    Returns:
+        A JSON-serializable dict, by ``rules``:
+
+        * ``project``: :func:`score_submission`'s result, unchanged (with ``clinical``);
+        * ``competition``: that reading's summary (``reading``, ``score``, ``dice``,
+          ``hausdorff``, ``per_class``, the ``num_*`` counts of
+          :func:`uwm_d2.core.readings.score_readings`) plus ``num_slices``, ``num_case_days``;
+          no clinical block;
+        * ``mlebench``: :func:`score_mlebench`'s result (``score`` is ``None`` where the grader
+          gets NaN: everything empty on both sides);
+        * ``all``: the ``project`` result plus ``readings``: ``{project, competition,
+          mlebench}`` summaries, the last from :func:`score_mlebench`.
+
+    Raises:
+        UWMInputError: bad input (named with its row), a submission MLE-bench would reject, a
+            reading that needs a data root asked for with an answers file only, or neither (or
+            both) sources of truth given.
+    """
+    if rules not in RULES:
+        raise UWMInputError(f"unknown rules {rules!r} (known: {', '.join(RULES)})")
+    if answers_csv is not None:
+        if data_root is not None or truth_csv is not None:
+            raise UWMInputError("an answers file replaces the data root and truth CSV: give one")
+        if rules != "mlebench":
+            raise UWMInputError(
+                f"rules {rules!r} need the scans' geometry from a data root and a truth CSV; "
+                f"an answers file alone is scored under 'mlebench' only"
+            )
+        return score_mlebench(answers_csv, pred_csv)
+    if data_root is None or truth_csv is None:
+        raise UWMInputError("scoring needs a data root and a truth CSV, or an answers file")
+
+    mlebench = None
+    if rules in ("mlebench", "all"):
+        # First: it is quick, and a file MLE-bench refuses fails before the slow part.
+        answers = answers_from_data_root(data_root, truth_csv)
+        mlebench = score_mlebench(answers, pred_csv)
+        if rules == "mlebench":
+            return mlebench
+    if rules == "project":
+        return score_submission(data_root, truth_csv, pred_csv)
+    if rules == "competition":
+        scored = score_submission(
+            data_root, truth_csv, pred_csv, readings="competition", clinical=False
+        )
+        return {
+            **scored["readings"]["competition"],
+            "num_slices": scored["num_slices"],
+            "num_case_days": scored["num_case_days"],
+        }
+    scored = score_submission(data_root, truth_csv, pred_csv, readings=("project", "competition"))
+    scored["readings"]["mlebench"] = mlebench
+    return scored
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _summary_line(
+    summary: Mapping[str, Any], name: str, num_slices: int, num_case_days: int
+) -> str:
+    """``score S (dice D, hausdorff H) on N slices, M case-days [name]`` (+ what was skipped)."""
+    line = (
+        f"score {_number(summary['score'], 4)} (dice {_number(summary['dice'], 3)}, "
+        f"hausdorff {_number(summary['hausdorff'], 3)}) on {num_slices} slices, "
+        f"{num_case_days} case-days [{name}"
+    )
+    skipped_rows = summary.get("num_dice_rows_skipped", 0)
+    skipped_volumes = summary.get("num_hausdorff_skipped", 0)
+    if skipped_rows or skipped_volumes:
+        # The readings that skip empty pairs average over fewer values; say how many were left.
+        line += (
+            f"; skipped as empty on both sides: {skipped_rows} rows, "
+            f"{skipped_volumes} Hausdorff volumes"
+        )
+    return line + "]"
+
+
+def summary_lines(result: Mapping[str, Any], rules: str) -> list[str]:
+    """One human line per reading of a :func:`score_rules` result (``all``: one per reading)."""
+    counts = (result["num_slices"], result["num_case_days"])
+    if rules == "all":
+        return [
+            _summary_line(summary, name, *counts) for name, summary in result["readings"].items()
+        ]
+    return [_summary_line(result, rules, *counts)]

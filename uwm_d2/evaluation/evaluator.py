@@ -12,8 +12,12 @@
 
 The result is ``{"uwm": {...}}`` with flat float values (detectron2's ``EvalHook`` and
 ``BestCheckpointer`` read ``uwm/score``): ``score``, ``dice``, ``hausdorff``,
-``{score,dice,hausdorff,dice_3d,hd95_mm}/<class>``, ``num_slices`` and ``num_case_days``. The
-full nested result is written to ``<output_dir>/uwm_results_<dataset>.json``.
+``{score,dice,hausdorff,dice_3d,hd95_mm}/<class>``, ``num_slices`` and ``num_case_days``, and for
+every other reading of the metric scored in the same pass (:mod:`uwm_d2.core.readings`; all of
+them by default) ``<reading>/{score,dice,hausdorff}``, e.g. ``uwm/competition/score`` and
+``uwm/mlebench/score``. ``uwm/score`` stays this project's reading (the best checkpoint follows
+it). The full nested result, with its ``readings`` block, is written to
+``<output_dir>/uwm_results_<dataset>.json``.
 
 :class:`ThresholdedCOCOEvaluator` is detectron2's ``COCOEvaluator`` (segm AP, ``UWM.EVAL.COCO_AP``)
 fed the same soft instances cut at the rule's mask threshold.
@@ -38,6 +42,7 @@ from uwm_d2.core.atomic import atomic_write_text
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import MergeRule
 from uwm_d2.core.metrics import LazyVolumes, score_volumes
+from uwm_d2.core.readings import DEFAULT_READING, resolve_readings
 from uwm_d2.data.inputs import group_by_case_day
 from uwm_d2.modeling.probabilities import class_probabilities
 
@@ -110,17 +115,25 @@ class DatasetVolumes(LazyVolumes):
 def flatten_result(result: Mapping[str, Any]) -> dict[str, float]:
     """The flat float dict detectron2's ``EvalHook`` needs from :func:`score_volumes`' result.
 
-    Undefined values (``hd95_mm`` of a class never present in both volumes) are left out rather
-    than written as NaN.
+    Undefined values (``hd95_mm`` of a class never present in both volumes, a reading's score
+    with nothing to average: MLE-bench's when everything is empty) are left out rather than
+    written as NaN. The default reading is the top level; every other one in ``readings`` adds
+    ``<reading>/{score,dice,hausdorff}``. ``clinical`` may be absent (``clinical=False``).
     """
     flat = {key: float(result[key]) for key in ("score", "dice", "hausdorff")}
     for name, values in result["per_class"].items():
         for key, value in values.items():
             flat[f"{key}/{name}"] = float(value)
-    for name, values in result["clinical"].items():
+    for name, values in result.get("clinical", {}).items():
         for key, value in values.items():
             if value is not None:
                 flat[f"{key}/{name}"] = float(value)
+    for reading, summary in result.get("readings", {}).items():
+        if reading == DEFAULT_READING:
+            continue  # already the top level
+        for key in ("score", "dice", "hausdorff"):
+            if summary[key] is not None:
+                flat[f"{reading}/{key}"] = float(summary[key])
     flat["num_slices"] = float(result["num_slices"])
     flat["num_case_days"] = float(result["num_case_days"])
     return flat
@@ -134,6 +147,9 @@ class UWMEvaluator(DatasetEvaluator):
         rule: the merge rule (``MergeRule.from_cfg(cfg)``: ``UWM.EVAL``).
         distributed: gather the predictions of every rank to the main one.
         output_dir: where the nested result JSON goes (``None``: not written).
+        readings: the readings of the metric to report beside ``uwm/score`` (names of
+            :data:`uwm_d2.core.readings.READINGS`, ``"all"``, or ``()`` for none), scored in the
+            same pass over the volumes.
     """
 
     def __init__(
@@ -142,8 +158,11 @@ class UWMEvaluator(DatasetEvaluator):
         rule: MergeRule | None = None,
         distributed: bool = True,
         output_dir: str | Path | None = None,
+        readings: str | Sequence[str] = "all",
     ) -> None:
         self._dataset_name = dataset_name
+        # Resolved now: an unknown name fails when the evaluator is built, not after a fold.
+        self._readings = tuple(r.name for r in resolve_readings(readings)) if readings else ()
         self._rule = rule or MergeRule()
         self._distributed = distributed
         self._output_dir = Path(output_dir) if output_dir else None
@@ -187,12 +206,19 @@ class UWMEvaluator(DatasetEvaluator):
             logger.warning(f"[UWMEvaluator] {missing} slices have no prediction: scored as empty")
         groups = group_by_case_day(records)
         spacings = {case_day: tuple(group[0]["spacing"]) for case_day, group in groups.items()}
-        result = score_volumes(DatasetVolumes(groups, by_slice, self._rule), spacings)
+        result = score_volumes(
+            DatasetVolumes(groups, by_slice, self._rule), spacings, readings=self._readings
+        )
         self._write(result)
         flat = flatten_result(result)
+        others = "".join(
+            f", {name} {flat[f'{name}/score']:.4f}" if f"{name}/score" in flat else f", {name} n/a"
+            for name in result.get("readings", {})
+            if name != DEFAULT_READING
+        )
         logger.info(
             f"[UWMEvaluator] {self._dataset_name}: score {flat['score']:.4f} "
-            f"(dice {flat['dice']:.4f}, hausdorff {flat['hausdorff']:.4f})"
+            f"(dice {flat['dice']:.4f}, hausdorff {flat['hausdorff']:.4f}){others}"
         )
         return {"uwm": flat}
 
