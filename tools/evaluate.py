@@ -54,6 +54,9 @@ Examples:
   # every reading side by side; the summary lines go to stderr, the JSON to the file
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
       --pred submission.csv --rules all > scores.json
+  # per organ and case-day: volumes in mL, their difference, 3D Dice and HD95 (mm), as CSV
+  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
+      --pred submission.csv --volumes volumes.csv
   # MLE-bench's grader with its own answers file (no data root needed)
   python tools/evaluate.py --answers answers.csv --pred submission.csv --rules mlebench
 """
@@ -88,6 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reading of the metric (default: project; mlebench with --answers)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--volumes",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="also write one row per (case_day, class): voxels and mL of truth and prediction, "
+        "their difference (mL, %%), 3D Dice and HD95 in mm (needs --data-root and --truth)",
+    )
     return parser.parse_args(argv)
 
 
@@ -119,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.json is not None:
         check_writable_target(args.json)  # fail before the slow part
+    if args.volumes is not None:
+        if args.answers is not None:
+            raise UWMInputError("--volumes needs the scans' spacings: give --data-root and --truth")
+        check_writable_target(args.volumes)
     result = score_rules(
         args.pred,
         rules,
@@ -126,6 +141,13 @@ def main(argv: list[str] | None = None) -> None:
         truth_csv=args.truth,
         answers_csv=args.answers,
     )
+    volumes_text = None
+    if args.volumes is not None:
+        from uwm_d2.core.nifti import volumes_csv_text
+        from uwm_d2.evaluation.csv_scoring import COMPARISON_COLUMNS, volume_comparison
+
+        rows = volume_comparison(args.data_root, args.truth, args.pred)
+        volumes_text = volumes_csv_text(rows, COMPARISON_COLUMNS)
     text = json.dumps(result, indent=2)
     for line in summary_lines(result, rules):
         print(line, file=sys.stderr)
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.json is not None:
         atomic_write_text(args.json, text + "\n")
+    if volumes_text is not None:
+        atomic_write_text(args.volumes, volumes_text)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,18 @@ def score_submission(
             with no scan on disk.
         ValueError: an unknown reading name.
     """
+    volumes, spacings = load_volumes(data_root, truth_csv, pred_csv)
+    return score_volumes(volumes, spacings, clinical=clinical, readings=readings)
+
+
+def load_volumes(
+    data_root: str | os.PathLike, truth_csv: str | os.PathLike, pred_csv: str | os.PathLike
+) -> tuple[CsvVolumes, dict[str, tuple[float, float, float]]]:
+    """The checked volume pairs of :func:`score_submission` and each case-day's ``(z, y, x)`` mm.
+
+    Raises:
+        UWMInputError: as :func:`score_submission`.
+    """
     truth_path, pred_path = Path(truth_csv), Path(pred_csv)
     truth = read_label_csv(truth_path)
     pred = read_prediction_csv(pred_path)
@@ -172,7 +184,66 @@ def score_submission(
                 height, width = shapes[scans.at[slice_id, "case_day"]]
                 check_row(rle, height * width, file_name, slice_id, name)
     volumes = CsvVolumes(slices, shapes, truth_rles, pred_rles, truth_path.name, pred_path.name)
-    return score_volumes(volumes, spacings, clinical=clinical, readings=readings)
+    return volumes, spacings
+
+
+#: Columns of :func:`volume_comparison` (``tools/evaluate.py --volumes``), in this order.
+COMPARISON_COLUMNS: tuple[str, ...] = (
+    "case_day",
+    "class",
+    "truth_voxels",
+    "pred_voxels",
+    "truth_ml",
+    "pred_ml",
+    "diff_ml",
+    "diff_percent",
+    "dice_3d",
+    "hd95_mm",
+)
+
+
+def volume_comparison(
+    data_root: str | os.PathLike, truth_csv: str | os.PathLike, pred_csv: str | os.PathLike
+) -> list[dict[str, Any]]:
+    """One row per (case_day, class) of the truth: organ volumes, their difference, 3D figures.
+
+    ``*_ml`` is ``voxels * PX * PY * 3.0 / 1000``; ``diff_ml = pred_ml - truth_ml`` and
+    ``diff_percent = 100 * diff_ml / truth_ml`` (NaN when the truth is empty); ``dice_3d`` is
+    :func:`~uwm_d2.core.metrics.dice_3d` (1 when both are empty) and ``hd95_mm``
+    :func:`~uwm_d2.core.metrics.hd95_mm` with spacing ``(3.0, PY, PX)`` (NaN when either is
+    empty). Rows in case-day order (case, day), classes in ``CLASSES`` order.
+
+    Raises:
+        UWMInputError: as :func:`score_submission`.
+    """
+    from uwm_d2.core.metrics import dice_3d, hd95_mm
+    from uwm_d2.core.nifti import volume_ml
+
+    volumes, spacings = load_volumes(data_root, truth_csv, pred_csv)
+    rows = []
+    for case_day, name in volumes:
+        pred, truth = volumes[case_day, name]
+        thickness, spacing_y, spacing_x = spacings[case_day]
+        truth_voxels, pred_voxels = int(np.count_nonzero(truth)), int(np.count_nonzero(pred))
+        truth_ml = volume_ml(truth_voxels, spacing_x, spacing_y)
+        pred_ml = volume_ml(pred_voxels, spacing_x, spacing_y)
+        rows.append(
+            {
+                "case_day": case_day,
+                "class": name,
+                "truth_voxels": truth_voxels,
+                "pred_voxels": pred_voxels,
+                "truth_ml": truth_ml,
+                "pred_ml": pred_ml,
+                "diff_ml": pred_ml - truth_ml,
+                "diff_percent": 100.0 * (pred_ml - truth_ml) / truth_ml
+                if truth_voxels
+                else math.nan,
+                "dice_3d": dice_3d(pred, truth),
+                "hd95_mm": hd95_mm(pred, truth, (thickness, spacing_y, spacing_x)),
+            }
+        )
+    return rows
 
 
 def score_rules(

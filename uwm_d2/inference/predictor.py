@@ -14,9 +14,10 @@ TTA this is exactly what the evaluator scores during training.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,19 @@ class VolumePredictor:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def _member_maps(self, member: EnsembleMember, records: Sequence[dict]) -> np.ndarray:
+    def _member_maps(
+        self,
+        member: EnsembleMember,
+        records: Sequence[dict],
+        reader: Callable[[Path], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """``(B, C, H, W)`` mean probability maps of one member over TTA and its checkpoints."""
-        inputs = [member.mapper(dict(record)) for record in records]
+        mapper = member.mapper
+        if reader is not None:
+            # A shallow copy for this call: the member's own mapper keeps reading files.
+            mapper = copy.copy(mapper)
+            mapper.reader = reader
+        inputs = [mapper(dict(record)) for record in records]
         flips = (False, True) if self.tta else (False,)
         total: np.ndarray | None = None
         for model in member.models:
@@ -129,12 +140,15 @@ class VolumePredictor:
                 total = stacked if total is None else total + stacked
         return total / (len(member.models) * len(flips))
 
-    def predict_probabilities(self, records: Sequence[dict]) -> np.ndarray:
+    def predict_probabilities(
+        self, records: Sequence[dict], reader: Callable[[Path], np.ndarray] | None = None
+    ) -> np.ndarray:
         """Probabilities of one case-day: ``(D, C, H, W)`` float32, slices in the records' order.
 
         ``records`` are one case-day's slices sorted by slice number, each with ``file_name``,
         ``height`` and ``width`` (see :func:`scan_records`); every member takes its own 2.5D
-        neighbours from them.
+        neighbours from them. ``reader`` (default: the mappers' own, 16-bit PNG files) reads one
+        ``file_name`` into an ``(H, W)`` array, e.g. a slice of an in-memory NIfTI volume.
         """
         paths = [record["file_name"] for record in records]
         weights = sum(member.weight for member in self.members)
@@ -147,14 +161,17 @@ class VolumePredictor:
                     {**record, "neighbor_files": neighbor_files(paths, start + i, member.offsets)}
                     for i, record in enumerate(batch)
                 ]
-                maps = self._member_maps(member, with_neighbours) * (member.weight / weights)
+                maps = self._member_maps(member, with_neighbours, reader)
+                maps *= member.weight / weights
                 average = maps if average is None else average + maps
             chunks.append(average.astype(np.float32, copy=False))
         return np.concatenate(chunks)
 
-    def predict_case_day(self, records: Sequence[dict]) -> np.ndarray:
+    def predict_case_day(
+        self, records: Sequence[dict], reader: Callable[[Path], np.ndarray] | None = None
+    ) -> np.ndarray:
         """Masks of one case-day: ``(D, C, H, W)`` bool, cut and cleaned by the ensemble's rule."""
-        return self.rule.volume_masks(self.predict_probabilities(records))
+        return self.rule.volume_masks(self.predict_probabilities(records, reader))
 
 
 def scan_records(data_root: str | os.PathLike, scans: Any) -> dict[str, list[dict]]:

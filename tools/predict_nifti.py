@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Segment NIfTI MRI volumes with trained checkpoints: DIR/<input name>_seg.nii.gz per input.
+
+The same predictor as infer_submit (one config with MODEL.WEIGHTS, comma-separated for a
+checkpoint ensemble, or --ensemble FILE across model kinds; --tta flips), the same 2.5D stacking,
+intensity window and merge rule. Each output has its input's shape, affine, qform and sform;
+uint8 labels 0 background, 1 large_bowel, 2 small_bowel, 3 stomach (where classes overlap the
+higher label wins); --per-class also writes DIR/<input name>_<class>.nii.gz 0/1 masks.
+
+Input: a 3D NIfTI (.nii or .nii.gz) whose third axis holds the axial slices, stored as
+export_nifti writes the competition's scans (data[x, y, k] = PNG pixel (row y, column x) of
+slice k); --reorient turns other orientations to that one by the affine (LPS) and back.
+Intensities: integers in 0..65535 are kept; anything else (negative int16, floats) is mapped
+linearly from its min..max onto 0..65535 (the models' percentile window is blind to that map).
+Spacing: slices are resampled in-plane to UWM.PIXEL_SPACING_MM (1.5) when the header's spacing
+differs by more than 10%, and the probabilities back before the cut; slices are not resampled.
+
+Examples:
+  python tools/predict_nifti.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml \\
+      --input patient1.nii.gz --input patient2.nii.gz --out segmentations \\
+      MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth MODEL.DEVICE cuda
+  python tools/predict_nifti.py --ensemble ensemble.yaml --input scan.nii.gz --tta \\
+      --per-class --out segmentations MODEL.DEVICE cuda
+
+A checkpoint is code: load only checkpoints from a source you trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from uwm_d2.cli import run_main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--config-file", help="the config the model was trained with")
+    models.add_argument(
+        "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="SCAN.nii.gz",
+        help="a 3D NIfTI MRI volume (repeat for more)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--tta", action="store_true", help="average with horizontally flipped input"
+    )
+    parser.add_argument(
+        "--per-class", action="store_true", help="also write one 0/1 mask file per class"
+    )
+    parser.add_argument(
+        "--reorient",
+        action="store_true",
+        help="turn the volume to LPS axes by its affine before predicting (and back after)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from uwm_d2.inference.nifti import check_inputs
+
+    # Cheap checks first, before torch and detectron2 load (several seconds).
+    check_inputs(args.input, args.out)
+    from detectron2.utils.logger import setup_logger
+
+    from uwm_d2.inference.ensemble import build_predictor
+    from uwm_d2.inference.nifti import predict_nifti_files
+
+    setup_logger(name="uwm_d2", abbrev_name="uwm")
+    logging.getLogger("fvcore").setLevel(logging.WARNING)
+    predictor = build_predictor(
+        args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
+    )
+    summary = predict_nifti_files(
+        predictor, args.input, args.out, per_class=args.per_class, reorient=args.reorient
+    )
+    print(f"wrote {summary.volumes} segmentations ({summary.slices} slices) to {summary.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
