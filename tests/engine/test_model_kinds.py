@@ -153,4 +153,19 @@ def test_multilabel_loss_ignores_padding_and_rewards_overlap() -> None:
     losses = multilabel_losses(perfect, targets, ignore_value=255)
     assert losses["loss_sem_seg_bce"] < 1e-6 and losses["loss_sem_seg_dice"] < 1e-3
     wrong_losses = multilabel_losses(-perfect, targets, ignore_value=255)
-    assert wrong_losses["loss_sem_seg_bce"] > 10 and wrong_losses["loss_sem_seg_dice"] > 0.6
+    assert wrong_losses["loss_sem_seg_bce"] > 10 and wrong_losses["loss_sem_seg_dice"] > 0.9
+
+
+def test_dice_leaves_absent_classes_to_the_bce() -> None:
+    """An absent class must not be driven to probability 0 by the Dice term (it collapsed the
+    stomach in training): its probabilities get no Dice gradient at all."""
+    from uwm_d2.modeling.semantic import multilabel_losses
+
+    targets = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
+    targets[:, 0, 2:5, 2:5] = 1  # only class 0 is in the batch
+    logits = torch.zeros((2, 3, 8, 8), requires_grad=True)
+    multilabel_losses(logits, targets, ignore_value=255)["loss_sem_seg_dice"].backward()
+    assert logits.grad[:, 0].abs().sum() > 0
+    assert logits.grad[:, 1:].abs().sum() == 0
+    nothing = multilabel_losses(logits, torch.zeros_like(targets), ignore_value=255)
+    assert nothing["loss_sem_seg_dice"] == 0 and nothing["loss_sem_seg_dice"].requires_grad

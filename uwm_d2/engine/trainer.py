@@ -12,6 +12,8 @@ differs; detectron2 0.6's shortcomings are patched once in
   submission's probability path and merge rule), plus ``COCOEvaluator`` when ``UWM.EVAL.COCO_AP``;
 * ``build_hooks``: ``model_best.pth`` (weights only) on ``uwm/score`` after each evaluation, and
   the validation loss every ``UWM.VAL_LOSS_PERIOD`` iterations;
+* ``build_optimizer``: detectron2's SGD, or AdamW when ``UWM.OPTIMIZER`` says so (the same
+  parameter groups and ``SOLVER.CLIP_GRADIENTS``);
 * :meth:`evaluate_checkpoint`: what ``--eval-only`` runs.
 """
 
@@ -36,6 +38,7 @@ from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.data.samplers import InferenceSampler
 from detectron2.engine import hooks
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from uwm_d2.config import EMPTY_RATIO_SAMPLER
@@ -56,6 +59,23 @@ BEST_METRIC = "uwm/score"
 
 class UWMTrainer(PatchedDefaultTrainer):
     """The trainer of the UW-Madison GI tract data (see the module docstring)."""
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """SGD as detectron2 builds it, or AdamW (``UWM.OPTIMIZER``): from scratch on a small
+        budget, AdamW reaches in a few hundred iterations what SGD needs thousands for."""
+        if cfg.UWM.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:

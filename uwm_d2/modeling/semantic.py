@@ -11,8 +11,11 @@ predicted one sigmoid per class), so the same feature pyramid ends in ``C`` inde
 * the loss is binary cross-entropy per pixel and class (what the probabilities are fitted to)
   plus a soft Dice per class over the whole batch (what the competition scores; it also keeps
   the small organs from drowning in the ~95% of background pixels). The Dice is summed over the
-  batch, not averaged per image: on the many empty slices a per-image Dice is undefined or
-  punishes the faintest probability;
+  batch, not averaged per image, and taken only over the classes present in the batch: for an
+  absent class the soft Dice is ``1 / (Σp + 1)``, which pushes every probability of that class to
+  exactly 0 whatever the image shows. Measured: with it, the stomach (present in a minority of
+  batches) collapsed to probability 0 everywhere within 300 iterations. Absent classes are the
+  BCE's to learn;
 * in inference it returns logits at input resolution; the meta-architecture turns them into
   probabilities after resizing to the scan.
 """
@@ -45,7 +48,8 @@ def multilabel_losses(
 
     Returns:
         ``{"loss_sem_seg_bce": ..., "loss_sem_seg_dice": ...}``, already weighted. The Dice
-        term is ``1 - mean over classes of (2 Σ p t + s) / (Σ p + Σ t + s)``, sums over the batch.
+        term is ``1 - mean over the classes present in the batch of (2 Σ p t + s) /
+        (Σ p + Σ t + s)``, sums over the batch; 0 when no class is present.
     """
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
@@ -58,9 +62,12 @@ def multilabel_losses(
     intersection = (probabilities * truth).sum(dim=(0, 2, 3))
     total = probabilities.sum(dim=(0, 2, 3)) + (truth * valid).sum(dim=(0, 2, 3))
     dice = (2.0 * intersection + DICE_SMOOTHING) / (total + DICE_SMOOTHING)
+    present = (truth * valid).sum(dim=(0, 2, 3)) > 0
+    # Multiplying by 0.0 keeps the graph (and a zero gradient) when no class is present.
+    dice_loss = (1.0 - dice[present]).mean() if present.any() else dice.sum() * 0.0
     return {
         "loss_sem_seg_bce": bce * bce_weight,
-        "loss_sem_seg_dice": (1.0 - dice.mean()) * dice_weight,
+        "loss_sem_seg_dice": dice_loss * dice_weight,
     }
 
 
