@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,10 +49,18 @@ def add_uwm_config(cfg: CN) -> None:
     _C.UWM.INTENSITY_LOW_PERCENTILE = 0.5
     # Upper percentile of the intensity window (see INTENSITY_LOW_PERCENTILE).
     _C.UWM.INTENSITY_HIGH_PERCENTILE = 99.5
+    # In-plane pixel spacing (mm) of the training scans; predict_nifti resamples to it (0: never).
+    _C.UWM.PIXEL_SPACING_MM = 1.5
     # Drop the case-days whose labels the data's hosts flagged as wrong (train and validation).
     _C.UWM.EXCLUDE_BAD = True
     # Share of empty slices in each training epoch of the EmptySliceRatioSampler, in [0, 1).
     _C.UWM.EMPTY_SLICE_RATIO = 0.3
+    # Training reads scans from a decoded, memory-mapped copy of each case-day (built on first use).
+    _C.UWM.SCAN_CACHE = True
+    # Folder of that copy (2 B/pixel: 5.4-8.6 GB for all of train); "" = <COCO_DIR>/scan_cache.
+    _C.UWM.SCAN_CACHE_DIR = ""
+    # Decoded slices each process keeps in memory (LRU, MB) for reads not served by that copy.
+    _C.UWM.SCAN_LRU_MB = 32
 
     # Augmentation strengths (training only); the scale jitter is INPUT.MIN_SIZE_TRAIN.
     _C.UWM.AUG = CN()
@@ -92,6 +102,10 @@ def add_uwm_config(cfg: CN) -> None:
     _C.UWM.SEMANTIC.BCE_WEIGHT = 1.0
     # Weight of the soft Dice loss (per class, over the batch).
     _C.UWM.SEMANTIC.DICE_WEIGHT = 1.0
+
+    # Optimizer: "SGD" (detectron2's, SOLVER.MOMENTUM) or "AdamW" (SOLVER.BASE_LR ~1e-3; both use
+    # SOLVER.WEIGHT_DECAY and SOLVER.CLIP_GRADIENTS).
+    _C.UWM.OPTIMIZER = "SGD"
 
     # Periodic checkpoints (model_XXXXXXX.pth) kept on disk, newest first; 0 keeps all.
     # model_final.pth and model_best.pth (weights only) are always kept.
@@ -161,6 +175,8 @@ def validate_cfg(cfg: CN) -> None:
             "need 0 <= UWM.INTENSITY_LOW_PERCENTILE < UWM.INTENSITY_HIGH_PERCENTILE <= 100, got "
             f"{uwm.INTENSITY_LOW_PERCENTILE} and {uwm.INTENSITY_HIGH_PERCENTILE}"
         )
+    if not (math.isfinite(uwm.SCAN_LRU_MB) and uwm.SCAN_LRU_MB >= 0):
+        raise UWMInputError(f"UWM.SCAN_LRU_MB must be >= 0 (0: no LRU), got {uwm.SCAN_LRU_MB}")
     if not 0.0 <= uwm.EMPTY_SLICE_RATIO < 1.0:
         raise UWMInputError(f"UWM.EMPTY_SLICE_RATIO must be in [0, 1), got {uwm.EMPTY_SLICE_RATIO}")
     if uwm.NUM_FOLDS < 2 or uwm.FOLD < 0:
@@ -187,6 +203,8 @@ def validate_cfg(cfg: CN) -> None:
         raise UWMInputError(
             f"UWM.EVAL.SEMANTIC_WEIGHT must be in [0, 1], got {uwm.EVAL.SEMANTIC_WEIGHT}"
         )
+    if uwm.OPTIMIZER not in ("SGD", "AdamW"):
+        raise UWMInputError(f"UWM.OPTIMIZER must be 'SGD' or 'AdamW', got {uwm.OPTIMIZER!r}")
     if uwm.KEEP_CHECKPOINTS < 0:
         raise UWMInputError(f"UWM.KEEP_CHECKPOINTS must be >= 0, got {uwm.KEEP_CHECKPOINTS}")
     for key in ("ROTATION_DEG", "SHIFT_FRACTION", "BRIGHTNESS", "CONTRAST", "GAMMA"):
@@ -233,7 +251,8 @@ def setup_cfg(args: argparse.Namespace) -> CN:
 
     ``default_setup`` creates ``OUTPUT_DIR``, sets up logging (``OUTPUT_DIR/log.txt``; the
     ``uwm_d2`` loggers too), saves the full config as ``OUTPUT_DIR/config.yaml`` and seeds the
-    random generators.
+    random generators. The console keeps to progress lines unless ``args.verbose``
+    (:func:`quiet_console`); ``log.txt`` gets everything, without terminal colour codes.
     """
     from detectron2.engine import default_setup
     from detectron2.utils import comm
@@ -244,10 +263,69 @@ def setup_cfg(args: argparse.Namespace) -> CN:
     # that no CUDA toolkit is found; we compile nothing, and the warning would break the
     # one-line error contract of the tools.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # The loggers default_setup will ask for, made first (setup_logger is cached per arguments,
+    # so default_setup gets these very objects) to filter them before its first line.
+    rank = comm.get_rank()
+    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    loggers = [
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore"),
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank),
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="uwm_d2", abbrev_name="uwm"),
+    ]
+    for logger in loggers:
+        if not any(isinstance(f, _StripTerminalColours) for f in logger.filters):
+            logger.addFilter(_StripTerminalColours())
+    if not getattr(args, "verbose", False):
+        quiet_console()
     default_setup(cfg, args)
-    # default_setup logs "detectron2" and "fvcore"; our modules log under "uwm_d2".
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uwm_d2", abbrev_name="uwm")
     return cfg
+
+
+class _StripTerminalColours(logging.Filter):
+    """default_setup logs the config files syntax-highlighted for a terminal (pygments): those
+    escape codes would fill ``log.txt`` (380 of 640 lines of a smoke run carried them)."""
+
+    _CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "\x1b[" in record.msg:
+            record.msg = self._CODES.sub("", record.msg)
+        return True
+
+
+#: Loggers whose INFO lines the console keeps: training progress (losses, ETA, the iteration a
+#: run starts from, its speed, best checkpoints) and this project's own summaries.
+CONSOLE_INFO_LOGGERS = (
+    "detectron2.utils.events",
+    "detectron2.engine.train_loop",
+    "detectron2.engine.hooks",
+    "uwm_d2",
+)
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return any(
+            record.name == name or record.name.startswith(name + ".")
+            for name in CONSOLE_INFO_LOGGERS
+        )
+
+
+def quiet_console() -> None:
+    """Keep detectron2's console to what a person reads; ``log.txt`` still gets everything.
+
+    detectron2 prints its environment, the config file, the full config, the model and the data
+    tables at INFO: about 600 lines before the first iteration of a 6-iteration run.
+    """
+    for name in ("detectron2", "fvcore", "uwm_d2"):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if stream in (sys.stdout, sys.stderr) and not any(
+                isinstance(f, _ConsoleFilter) for f in handler.filters
+            ):
+                handler.addFilter(_ConsoleFilter())
 
 
 def coco_dir_of(cfg: CN) -> Path:

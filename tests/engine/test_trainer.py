@@ -59,6 +59,12 @@ def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path
     ]  # fmt: skip
     first = _train_net(*command)
     assert first.returncode == 0, first.stderr[-3000:]
+    # A console a person reads (progress, scores), the whole story in log.txt without colour codes.
+    assert len(first.stdout.splitlines()) < 40, first.stdout
+    assert "Starting training from iteration 0" in first.stdout and "uwm_val: score" in first.stdout
+    log = (out / "log.txt").read_text()
+    assert "Running with full config" in log and "Running with full config" not in first.stdout
+    assert "\x1b[" not in log
     for name in ("model_final.pth", "model_best.pth", "model_0000002.pth", "metrics.json"):
         assert (out / name).is_file(), name
     # Resume continues from the training checkpoint, never from the best one (which is the

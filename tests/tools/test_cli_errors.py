@@ -495,6 +495,24 @@ CASES: dict[str, Case] = {
     "train-output-dir-unwritable": Case(
         "train_net", locked_output, train_args(output="locked/train")
     ),
+    "train-eval-only-no-weights": Case(
+        "train_net", lambda ctx: "--eval-only needs a checkpoint", train_args(eval_only=True)
+    ),
+    "train-flag-after-overrides": Case(
+        "train_net",
+        lambda ctx: "--resume comes after the KEY VALUE overrides",
+        train_args("--resume"),
+    ),
+    "train-no-config-file": Case(
+        "train_net",
+        lambda ctx: "no --config-file given",
+        lambda ctx: ["UWM.DATA_ROOT", str(ctx.root), "OUTPUT_DIR", str(ctx.tmp / "train")],
+    ),
+    "train-weights-cannot-be-fetched": Case(
+        "train_net",
+        lambda ctx: "cannot fetch MODEL.WEIGHTS 'https://weights.invalid/model_final.pkl'",
+        train_args("MODEL.WEIGHTS", "https://weights.invalid/model_final.pkl"),
+    ),
     "train-eval-only-checkpoint-4-classes": Case(
         "train_net",
         coco_built(checkpoint("model_4_classes.pth")),
@@ -505,9 +523,9 @@ CASES: dict[str, Case] = {
     ),
 }
 
-#: Files a run may leave in OUTPUT_DIR even when it fails: detectron2's default_setup writes the
-#: run's config and log before any model is built (the log is where the failure is recorded).
-ALLOWED_AFTER_SETUP = {"train/config.yaml", "train/log.txt"}
+#: Files a run may leave in OUTPUT_DIR when it fails: none, since train_net checks everything it
+#: can (the checkpoint to evaluate included) before detectron2's setup writes config and log.
+ALLOWED_AFTER_SETUP: set[str] = set()
 _TORCH_TOOLS = ("train_net", "infer_submit")
 
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.errors import UWMInputError, UWMRunError
 
 #: Environment variable: the process-group timeout in seconds (collectives and rendezvous).
 TIMEOUT_ENV = "UWM_DIST_TIMEOUT"
@@ -65,7 +65,7 @@ _PEER_LOST_MARKERS = (
 )
 
 
-class DistributedRunError(UWMInputError):
+class DistributedRunError(UWMRunError):
     """A process of a distributed run died or lost its peers: the run stopped (one line)."""
 
 
