@@ -128,3 +128,14 @@ def test_train_net_prints_one_line_for_an_unknown_key(tmp_path: Path) -> None:
     assert len(errors) == 1 and "UWM.NOT_A_KEY" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written for a bad command line
+
+
+def test_config_docs_are_current() -> None:
+    """docs/config.md is generated from add_uwm_config: it must match the code."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "config_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
