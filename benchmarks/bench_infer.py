@@ -27,11 +27,12 @@ from detectron2.modeling import build_model
 
 from uwm_d2.config import build_cfg
 from uwm_d2.core.layout import index_scans
-from uwm_d2.data.inputs import build_model_input
-from uwm_d2.evaluation.postprocess import instances_to_class_masks, merge_kwargs_from_cfg
+from uwm_d2.core.merge import MergeRule
+from uwm_d2.data.inputs import build_model_input, neighbor_files
 from uwm_d2.inference.pipeline import predict_submission
-from uwm_d2.inference.predictor import scan_records
+from uwm_d2.inference.predictor import EnsembleMember, VolumePredictor, build_models, scan_records
 from uwm_d2.inference.submission import encode_class_masks
+from uwm_d2.modeling.probabilities import class_probabilities
 from uwm_d2.phantom import make_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,18 +43,19 @@ def default_predictor_loop(cfg, data_root: Path) -> int:
     """One DefaultPredictor call per slice, then the merge rule and RLE; returns slices done."""
     predictor = DefaultPredictor(cfg)
     scans = index_scans(data_root, "test")
-    merge = merge_kwargs_from_cfg(cfg)
+    rule = MergeRule.from_cfg(cfg)
     done = 0
-    for records in scan_records(data_root, scans, cfg.UWM.SLICE_OFFSETS).values():
+    for records in scan_records(data_root, scans).values():
         masks = {}
-        for record in records:
+        paths = [record["file_name"] for record in records]
+        for index, record in enumerate(records):
             image = build_model_input(
-                record["neighbor_files"],
+                neighbor_files(paths, index, cfg.UWM.SLICE_OFFSETS),
                 cfg.UWM.INTENSITY_LOW_PERCENTILE,
                 cfg.UWM.INTENSITY_HIGH_PERCENTILE,
             )
-            instances = predictor(image)["instances"]
-            masks[record["slice_id"]] = instances_to_class_masks(instances, **merge)
+            output = predictor(image)
+            masks[record["slice_id"]] = rule.binarize(class_probabilities(output, rule))
             done += 1
         encode_class_masks(masks)
     return done
@@ -89,13 +91,16 @@ def main() -> None:
             if name.startswith("Default"):
                 default_predictor_loop(cfg, data_root)
             else:
+                predictor = VolumePredictor(
+                    [EnsembleMember(cfg, build_models(cfg))],
+                    tta=name.endswith("tta"),
+                    batch_size=args.batch_size,
+                )
                 predict_submission(
-                    cfg,
+                    predictor,
                     data_root,
                     tmp_path / "submission.csv",
                     sample_submission=data_root / "sample_submission.csv",
-                    tta=name.endswith("tta"),
-                    batch_size=args.batch_size,
                     progress=False,
                 )
             timings[name] = time.perf_counter() - start

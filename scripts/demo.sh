@@ -45,11 +45,11 @@ grep -E "uwm_val: score|Overall training speed" "$OUT/train.log" | tail -n 3 >&2
 
 # What to predict and score: the data's own test split with its truth, or else the held-out fold.
 if [[ -d "$DATA/test" && -f "$DATA/test_truth.csv" ]]; then
-    SPLIT=test
+    SPLIT="test"
     SAMPLE="$DATA/sample_submission.csv"
     TRUTH="$DATA/test_truth.csv"
 else
-    SPLIT=train
+    SPLIT="train"
     SAMPLE="$OUT/heldout_sample.csv"
     TRUTH="$OUT/heldout_truth.csv"
     "$PY" - "$OUT/coco/val_fold0.json" "$DATA/train.csv" "$SAMPLE" "$TRUTH" <<'PYTHON'
