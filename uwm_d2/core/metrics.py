@@ -1,4 +1,4 @@
-"""The competition metric, exactly as docs and ``competition.md`` define it, plus clinical figures.
+"""The competition metric under this project's reading (see the README), plus clinical figures.
 
 ``score = 0.4 * mean Dice + 0.6 * (1 - mean normalized Hausdorff)`` where
 

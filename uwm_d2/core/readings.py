@@ -1,8 +1,8 @@
 """The public readings of the competition metric, scored over the same volumes side by side.
 
 The competition's score is ``0.4 * mean Dice + 0.6 * (1 - mean normalized Hausdorff)``, but the
-public texts and code that compute it disagree on the corners (``competition.md``, "The three
-public readings of the metric"). Each reading here is a :class:`Reading`, a small record of those
+public texts and code that compute it disagree on the corners (the table below; the README's
+"The score, under every public reading" says which to pick for what). Each reading here is a :class:`Reading`, a small record of those
 choices, and :func:`score_readings` scores any of them, or all, in one pass over one
 ``{(case_day, class): (pred_vol, truth_vol)}`` mapping (each pair is read once).
 
@@ -25,7 +25,8 @@ mlebench      row skipped (NaN)  per case_day, the class  coordinates / (D, H, W
   pair and that pixel locations are "normalized by image size"; it does not say what the
   Hausdorff term of an empty volume is, so (*) follows the project's reading (0 both empty, 1 one
   empty). Its "top to bottom, then left to right" pixel order is not applied: the data's own
-  strings are row-major (see ``competition.md``), and this reading keeps them as they are.
+  strings are row-major (in a 360 x 310 scan, successive run starts of one object step by 360,
+  the row stride), and this reading keeps them as they are.
 * ``mlebench``: MLE-bench's grader (openai/mle-bench). Every skipped value is left out of its mean
   (``nanmean``); a volume whose prediction has more than 10x the truth's voxels scores 1 without
   computing a distance; identical volumes score 0. Its decoder reads the row-major strings
