@@ -2,9 +2,10 @@
 
 The competition's score is ``0.4 * mean Dice + 0.6 * (1 - mean normalized Hausdorff)``, but the
 public texts and code that compute it disagree on the corners (the table below; the README's
-"The score, under every public reading" says which to pick for what). Each reading here is a :class:`Reading`, a small record of those
-choices, and :func:`score_readings` scores any of them, or all, in one pass over one
-``{(case_day, class): (pred_vol, truth_vol)}`` mapping (each pair is read once).
+"The score, under every public reading" says which to pick for what). Each reading here is a
+:class:`Reading`, a small record of those choices, and :func:`score_readings` scores any of
+them, or all, in one pass over one ``{(case_day, class): (pred_vol, truth_vol)}`` mapping (each
+pair is read once).
 
 ============  =================  =======================  ========================  ===========
 reading       Dice, both empty   Hausdorff volume         normalization             Hausdorff,
