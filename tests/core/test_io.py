@@ -171,10 +171,11 @@ def test_normalize_uses_one_window_for_a_whole_stack() -> None:
 
 
 def test_normalize_rejects_bad_percentiles() -> None:
-    with pytest.raises(ValueError):
-        normalize_intensity(np.zeros((2, 2)), 50.0, 50.0)
-    with pytest.raises(ValueError):
-        normalize_intensity(np.zeros((2, 2)), -1.0, 99.0)
+    for dtype in (np.float64, np.uint16):  # the arithmetic and the lookup-table paths
+        with pytest.raises(ValueError):
+            normalize_intensity(np.zeros((2, 2), dtype), 50.0, 50.0)
+        with pytest.raises(ValueError):
+            normalize_intensity(np.zeros((2, 2), dtype), -1.0, 99.0)
 
 
 def test_neighbor_indices_clamp_at_both_ends() -> None:
@@ -261,3 +262,28 @@ def test_integer_window_equals_numpy_percentile(dtype, top, window):
         image = rng.integers(0, top, shape, dtype=dtype, endpoint=True)
         expected = np.percentile(image, window)
         np.testing.assert_allclose(intensity_window(image, *window), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint16, 60000), (np.uint16, 300), (np.uint8, 255)])
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_integer_lookup_path_equals_the_arithmetic(dtype, top, scale):
+    """8/16-bit images go through a lookup table: bit for bit the float32 arithmetic, then scale."""
+    rng = np.random.default_rng(top)
+    image = rng.integers(0, top, (31, 36, 3), dtype=dtype, endpoint=True)
+    lo, hi = intensity_window(image, 0.5, 99.5)
+    expected = (image.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    expected = np.clip(expected, 0.0, 1.0) * np.float32(scale)
+    out = normalize_intensity(image, scale=scale)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_array_equal(out, expected)
+    as_float = normalize_intensity(image.astype(np.float64), scale=scale)  # the arithmetic path
+    np.testing.assert_allclose(out, as_float, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("offsets", [(0,), (-2, 0, 2), (-2, -1, 0, 1, 2)])
+def test_stack_25d_equals_numpy_stacking(tmp_path: Path, offsets) -> None:
+    paths = _constant_slices(tmp_path, 5)
+    stack = stack_25d(paths, 2, offsets)
+    expected = np.stack([read_scan(paths[i]) for i in neighbor_indices(2, 5, offsets)], axis=-1)
+    assert stack.dtype == np.uint16 and stack.shape == (6, 8, len(offsets))
+    np.testing.assert_array_equal(stack, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,15 @@ import pytest
 
 pytest.importorskip("detectron2")
 
+import torch
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from pycocotools import mask as mask_util
 
 from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.io import write_scan
+from uwm_d2.core.io import read_scan, write_scan
+from uwm_d2.data.cache import ScanCache, SliceLRU
 from uwm_d2.data.inputs import attach_neighbor_files, build_model_input
 from uwm_d2.data.mapper import UWMDatasetMapper, build_augmentations
 from uwm_d2.data.transforms import (
@@ -150,10 +153,13 @@ def test_flip_mirrors_image_and_mask(scans: list[dict[str, Any]]) -> None:
     assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)  # tight box
 
 
-def test_every_configured_augmentation_together(scans: list[dict[str, Any]]) -> None:
+def test_every_configured_augmentation_together(
+    scans: list[dict[str, Any]], tmp_path: Path
+) -> None:
     cfg = build_cfg(
         INSTANT,
         [
+            "OUTPUT_DIR", str(tmp_path),  # the training mapper's scan cache goes in there
             "UWM.AUG.HFLIP_PROB", "1.0",
             "UWM.AUG.AFFINE_PROB", "1.0",
             "UWM.AUG.PHOTOMETRIC_PROB", "1.0",
@@ -220,3 +226,213 @@ def test_build_augmentations_from_config() -> None:
     test = build_augmentations(cfg, is_train=False)
     assert [type(a).__name__ for a in test] == ["ResizeShortestEdgeCV2"]
     assert build_augmentations(build_cfg(INSTANT, ["INPUT.MIN_SIZE_TEST", "0"]), False) == []
+
+
+# -- the fast paths: packed masks, caching readers, data-loader workers --------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """A 360x310 case-day of 5 slices; slice 3 has 21 overlapping instances of all 3 classes."""
+    folder = tmp_path_factory.mktemp("crowded") / "case2" / "case2_day1" / "scans"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    records = []
+    for number in range(1, 6):
+        image = rng.integers(800, 3000, size=(HEIGHT, WIDTH)).astype(np.uint16)
+        annotations = []
+        for index in range(21 if number == 3 else 0):
+            cy, cx = rng.uniform(20, HEIGHT - 20), rng.uniform(20, WIDTH - 20)
+            mask = ((yy - cy) / rng.uniform(5, 40)) ** 2 + ((xx - cx) / rng.uniform(5, 60)) ** 2
+            mask = mask <= 1.0
+            if index == 20:
+                mask = (yy > HEIGHT - 4) & (xx < 30)  # a sliver at the border: warped away often
+            image[mask] = 20000 + 300 * index
+            ys, xs = np.nonzero(mask)
+            annotations.append(
+                {
+                    "bbox": [
+                        int(xs.min()),
+                        int(ys.min()),
+                        int(np.ptp(xs)) + 1,
+                        int(np.ptp(ys)) + 1,
+                    ],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "segmentation": _encode(mask),
+                    "category_id": index % 3,
+                    "iscrowd": 0,
+                }
+            )
+        path = folder / f"slice_{number:04d}_{WIDTH}_{HEIGHT}_1.50_1.50.png"
+        write_scan(path, image)
+        records.append(
+            {
+                "file_name": str(path),
+                "height": HEIGHT,
+                "width": WIDTH,
+                "image_id": 100 + number,
+                "slice_id": f"case2_day1_slice_{number:04d}",
+                "case_day": "case2_day1",
+                "slice": number,
+                "annotations": annotations,
+            }
+        )
+    attach_neighbor_files(records, OFFSETS)
+    return records
+
+
+def _reference(mapper: UWMDatasetMapper, record: dict[str, Any]) -> dict[str, Any]:
+    """The mapper's output computed plainly: each mask decoded and transformed on its own,
+    detectron2's boxes, class_maps. Replays the mapper's random draws (same seed before)."""
+    from detectron2.structures import BitMasks, Instances
+
+    from uwm_d2.data.mapper import class_maps
+
+    image = build_model_input(record["neighbor_files"])
+    aug_input = T.AugInput(image)
+    transforms = mapper.augmentations(aug_input)
+    masks = [
+        transforms.apply_segmentation(mask_util.decode(obj["segmentation"]))
+        for obj in record["annotations"]
+    ]
+    classes = np.array([obj["category_id"] for obj in record["annotations"]], dtype=np.int64)
+    masks = np.stack(masks).astype(bool)
+    keep = masks.reshape(len(masks), -1).any(axis=1)
+    instances = Instances(aug_input.image.shape[:2])
+    instances.gt_masks = BitMasks(torch.from_numpy(masks[keep]))
+    instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+    instances.gt_classes = torch.from_numpy(classes[keep])
+    return {
+        "image": aug_input.image.transpose(2, 0, 1),
+        "instances": instances,
+        "sem_seg": class_maps(instances, 3),
+    }
+
+
+def test_crowded_slice_equals_the_plain_per_mask_computation(
+    crowded: list[dict[str, Any]],
+) -> None:
+    cfg = build_cfg(
+        INSTANT,
+        [
+            "UWM.AUG.AFFINE_PROB", "1.0",
+            "UWM.AUG.PHOTOMETRIC_PROB", "1.0",
+            "UWM.AUG.ROTATION_DEG", "25.0",
+            "UWM.AUG.SHIFT_FRACTION", "0.1",
+            "INPUT.MIN_SIZE_TRAIN", "(200, 384, 450)",
+            "INPUT.MAX_SIZE_TRAIN", "1000",
+            "UWM.SCAN_CACHE", "False",
+        ],
+    )  # fmt: skip
+    mapper = UWMDatasetMapper(cfg, is_train=True)
+    dropped = 0
+    for seed in range(12):
+        np.random.seed(seed)
+        out = mapper(crowded[2])
+        np.random.seed(seed)
+        expected = _reference(mapper, crowded[2])
+        np.testing.assert_array_equal(out["image"].numpy(), expected["image"])
+        got, want = out["instances"], expected["instances"]
+        assert torch.equal(got.gt_masks.tensor, want.gt_masks.tensor)
+        assert torch.equal(got.gt_boxes.tensor, want.gt_boxes.tensor)
+        assert torch.equal(got.gt_classes, want.gt_classes)
+        assert got.gt_boxes.tensor.dtype == torch.float32 and got.gt_classes.dtype == torch.int64
+        assert out["sem_seg"].dtype == torch.uint8
+        assert torch.equal(out["sem_seg"], expected["sem_seg"])
+        # All outputs are views of one storage: a worker hands the sample over in one piece.
+        tensors = [out["image"], out["sem_seg"], got.gt_masks.tensor, got.gt_boxes.tensor]
+        assert len({t.untyped_storage().data_ptr() for t in [*tensors, got.gt_classes]}) == 1
+        assert all(t.is_contiguous() for t in tensors)
+        dropped += 21 - len(got)
+    assert dropped > 0  # the border sliver was warped out of the frame at least once
+
+
+def test_rle_of_another_size_names_the_file(crowded: list[dict[str, Any]]) -> None:
+    record = copy.deepcopy(crowded[2])
+    record["annotations"][0]["segmentation"] = _encode(np.ones((10, 12), dtype=bool))
+    with pytest.raises(UWMInputError, match=r"slice_0003.*size \[10, 12\]"):
+        _mapper([])(record)
+
+
+def _outputs_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])
+    assert torch.equal(a["instances"].gt_masks.tensor, b["instances"].gt_masks.tensor)
+    assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
+    assert torch.equal(a["instances"].gt_classes, b["instances"].gt_classes)
+
+
+def test_caching_readers_give_the_same_outputs(
+    crowded: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    readers = [ScanCache(tmp_path / "cache"), SliceLRU(2**20)]
+    augmentations = [T.RandomFlip(prob=0.5), RandomAffine(10.0, 0.05, prob=0.5)]
+    for reader in readers:
+        for seed, record in enumerate(crowded * 2):
+            np.random.seed(seed)
+            expected = _mapper(augmentations)(record)
+            np.random.seed(seed)
+            mapper = UWMDatasetMapper(
+                True, augmentations=augmentations, slice_offsets=OFFSETS, reader=reader
+            )
+            _outputs_equal(mapper(record), expected)
+
+
+def test_readers_from_the_config(tmp_path: Path) -> None:
+    cfg = build_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path / "run")])
+    train = UWMDatasetMapper(cfg, is_train=True).reader
+    assert isinstance(train, ScanCache)
+    assert train.cache_dir == tmp_path / "run" / "coco" / "scan_cache"  # beside the COCO files
+    other = build_cfg(INSTANT, ["UWM.SCAN_CACHE_DIR", str(tmp_path / "elsewhere")])
+    assert UWMDatasetMapper(other, is_train=True).reader.cache_dir == tmp_path / "elsewhere"
+    test = UWMDatasetMapper(cfg, is_train=False).reader  # inference writes no copy of the data
+    assert isinstance(test, SliceLRU) and test.max_bytes == 32 * 2**20
+    plain = build_cfg(INSTANT, ["UWM.SCAN_CACHE", "False", "UWM.SCAN_LRU_MB", "0"])
+    assert UWMDatasetMapper(plain, is_train=True).reader is read_scan
+    assert UWMDatasetMapper(plain, is_train=False).reader is read_scan
+    with pytest.raises(UWMInputError, match=r"UWM\.SCAN_LRU_MB"):
+        build_cfg(INSTANT, ["UWM.SCAN_LRU_MB", "-1"])
+
+
+def test_test_mapper_decodes_each_png_once_per_case_day(crowded: list[dict[str, Any]]) -> None:
+    calls: list[Path] = []
+
+    def counting(path: Path) -> np.ndarray:
+        calls.append(Path(path))
+        return read_scan(path)
+
+    cfg = build_cfg(INSTANT, ["INPUT.MIN_SIZE_TEST", "0"])
+    mapper = UWMDatasetMapper(cfg, is_train=False)
+    mapper.reader.reader = counting  # the config's SliceLRU, counting its decodes
+    for record in crowded:  # slice order, as the predictor reads a case-day
+        out = mapper(record)
+        expected = build_model_input(record["neighbor_files"]).transpose(2, 0, 1)
+        np.testing.assert_array_equal(out["image"].numpy(), expected)
+    assert sorted(calls) == sorted(Path(r["file_name"]) for r in crowded)  # 5 decodes, not 15
+
+
+def test_data_loader_workers_give_the_in_process_outputs(
+    crowded: list[dict[str, Any]], scans: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Workers allocate their outputs in shared memory and read through one shared disk cache."""
+    from detectron2.data.common import DatasetFromList, MapDataset
+
+    records = crowded + scans
+    cache = ScanCache(tmp_path / "cache")
+    mapper = UWMDatasetMapper(
+        True, augmentations=[ResizeShortestEdgeCV2(300, 1000)], slice_offsets=OFFSETS, reader=cache
+    )
+    loader = torch.utils.data.DataLoader(
+        MapDataset(DatasetFromList(records, copy=False), mapper),
+        batch_size=1,
+        num_workers=2,
+        collate_fn=lambda batch: batch[0],
+        multiprocessing_context="fork",
+    )
+    outputs = list(loader)
+    assert len(outputs) == len(records)
+    for record, out in zip(records, outputs, strict=True):
+        expected = _mapper([ResizeShortestEdgeCV2(300, 1000)])(record)
+        assert out["slice_id"] == record["slice_id"]
+        _outputs_equal(out, expected)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one file per case-day

@@ -144,37 +144,60 @@ def intensity_window(
     image: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
 ) -> tuple[float, float]:
     """The ``(lo, hi)`` intensity window of :func:`normalize_intensity`, over the whole array."""
+    _check_percentiles(low_percentile, high_percentile)
+    image = np.asarray(image)
+    if image.dtype in (np.uint8, np.uint16) and image.size:
+        return _integer_percentiles(_histogram(image), image.size, low_percentile, high_percentile)
+    lo, hi = np.percentile(image, (low_percentile, high_percentile))
+    return float(lo), float(hi)
+
+
+def _check_percentiles(low_percentile: float, high_percentile: float) -> None:
     if not 0.0 <= low_percentile < high_percentile <= 100.0:
         raise ValueError(
             f"need 0 <= low_percentile < high_percentile <= 100, got "
             f"{low_percentile}, {high_percentile}"
         )
-    image = np.asarray(image)
-    if image.dtype in (np.uint8, np.uint16) and image.size:
-        return _integer_percentiles(image, low_percentile, high_percentile)
-    lo, hi = np.percentile(image, (low_percentile, high_percentile))
-    return float(lo), float(hi)
 
 
-def _integer_percentiles(image: np.ndarray, *percentiles: float) -> tuple[float, ...]:
-    """``np.percentile`` (linear interpolation) of 8/16-bit data from a histogram.
+def _histogram(image: np.ndarray) -> np.ndarray:
+    """Counts of each value ``0..image.max()`` of an 8/16-bit array (``int64``).
 
-    Same values as ``np.percentile``, about 4x faster on a scan (no sort): the k-th smallest
-    value is the first histogram bin whose cumulative count exceeds k.
+    ``cv2.calcHist`` with one bin per integer is exact (bin = value * 1.0) and about 2.5x faster
+    than ``np.bincount`` on a 2.5D stack; its ``float32`` counts are exact below 2**24 pixels.
     """
-    cumulative = np.cumsum(np.bincount(image.ravel()))
+    flat = image.reshape(-1, 1)
+    if image.size >= 1 << 24:
+        return np.bincount(flat.ravel())
+    bins = int(image.max()) + 1
+    counts = cv2.calcHist([flat], [0], None, [bins], [0, bins])
+    return counts.ravel().astype(np.int64)
+
+
+def _integer_percentiles(
+    histogram: np.ndarray, size: int, *percentiles: float
+) -> tuple[float, ...]:
+    """``np.percentile`` (linear interpolation) of 8/16-bit data from its histogram.
+
+    Same values as ``np.percentile``, several times faster on a scan (no sort): the k-th
+    smallest value is the first histogram bin whose cumulative count exceeds k.
+    """
+    cumulative = np.cumsum(histogram)
     values = []
     for percentile in percentiles:
-        position = percentile / 100.0 * (image.size - 1)
+        position = percentile / 100.0 * (size - 1)
         below = int(np.floor(position))
-        above = min(below + 1, image.size - 1)
+        above = min(below + 1, size - 1)
         low_value, high_value = np.searchsorted(cumulative, (below, above), side="right")
         values.append(float(low_value + (position - below) * (int(high_value) - int(low_value))))
     return tuple(values)
 
 
 def normalize_intensity(
-    image: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5
+    image: np.ndarray,
+    low_percentile: float = 0.5,
+    high_percentile: float = 99.5,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Map raw scan intensities to ``float32`` in ``[0, 1]`` with a robust percentile window.
 
@@ -184,21 +207,36 @@ def normalize_intensity(
     A constant image (``hi <= lo``) carries no contrast and maps to all zeros. Never divide by 255:
     the scans are 16-bit.
 
+    8/16-bit images go through a lookup table over ``0..max``: the same ``float32`` operations on
+    each distinct value, so bit-identical results, in one gather pass instead of four passes.
+
     Args:
         image: any real array, typically ``(H, W)`` or ``(H, W, C)`` ``uint16``.
+        scale: the clipped ``[0, 1]`` values are then multiplied by this (``float32``), e.g. 255
+            for the model range; the same as multiplying the result, without another pass.
 
     Returns:
-        ``float32`` array of the same shape, values in ``[0, 1]``.
+        ``float32`` array of the same shape, values in ``[0, scale]``.
 
     Raises:
         ValueError: the percentiles are not ``0 <= low < high <= 100``.
     """
     image = np.asarray(image)
-    lo, hi = intensity_window(image, low_percentile, high_percentile)
+    integer = image.dtype in (np.uint8, np.uint16) and image.size > 0
+    if integer:
+        _check_percentiles(low_percentile, high_percentile)
+        histogram = _histogram(image)
+        lo, hi = _integer_percentiles(histogram, image.size, low_percentile, high_percentile)
+    else:
+        lo, hi = intensity_window(image, low_percentile, high_percentile)
     if not hi > lo:
         return np.zeros(image.shape, dtype=np.float32)
-    scaled = (image.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    return np.clip(scaled, 0.0, 1.0, out=scaled)
+    values = np.arange(len(histogram), dtype=np.float32) if integer else image.astype(np.float32)
+    scaled = (values - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    if scale != 1.0:
+        scaled *= np.float32(scale)
+    return np.take(scaled, image) if integer else scaled
 
 
 def neighbor_indices(
@@ -251,4 +289,9 @@ def stack_25d(
                 f"scan {str(slice_paths[position])!r} has shape {image.shape}, but the 2.5D stack "
                 f"around {str(slice_paths[index])!r} needs {centre_shape}"
             )
-    return np.stack([images[position] for position in positions], axis=-1)
+    channels = [images[position] for position in positions]
+    if channels[0].dtype in (np.uint8, np.uint16, np.float32) and len(channels) <= 512:
+        # cv2.merge interleaves ~9x faster than np.stack(axis=-1); same array.
+        stack = cv2.merge(channels)
+        return stack[..., None] if stack.ndim == 2 else stack
+    return np.stack(channels, axis=-1)
