@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 from uwm_d2.cli import run_main
-from uwm_d2.core.errors import UWMInputError
 
 EXAMPLES = """\
 Examples:
@@ -59,64 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def create_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing ancestors; return those created, outermost first.
-
-    Raises:
-        UWMInputError: an existing ancestor is a file, not a folder.
-        PermissionError: a folder may not be created there (the ones created so far are removed).
-    """
-    if folder.exists() or folder.is_symlink():
-        return []  # there already; if it is not a folder, make_phantom says so
-    missing = []
-    current = folder
-    while not current.is_dir():
-        if current.exists() or current.is_symlink():
-            raise UWMInputError(
-                f"cannot create the output folder {str(folder)!r}: {str(current)!r} is not a folder"
-            )
-        missing.append(current)
-        current = current.parent
-    created: list[Path] = []
-    try:
-        for path in reversed(missing):
-            path.mkdir()
-            created.append(path)
-    except BaseException:
-        remove_empty(created)
-        raise
-    return created
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove the ``folders`` (outermost first) that are still empty, innermost first."""
-    for path in reversed(folders):
-        try:
-            path.rmdir()
-        except OSError:
-            return  # not empty (a run wrote into it) or gone: leave it and everything above
-
-
 def main() -> None:
     args = parse_args()
     # Imported here so that --help stays instant.
     from uwm_d2.phantom import make_phantom
 
-    created = create_parents(args.out.parent)
-    try:
-        summary = make_phantom(
-            args.out,
-            cases=args.cases,
-            seed=args.seed,
-            max_slices=args.max_slices,
-            days_per_case=(1, 3) if args.days is None else args.days,
-            test_cases=args.test_cases,
-            workers=args.workers,
-        )
-    except BaseException:
-        # Bad arguments are refused before anything is written: take the new parents back too.
-        remove_empty(created)
-        raise
+    # Missing parent folders are created, and removed again if the run fails.
+    summary = make_phantom(
+        args.out,
+        cases=args.cases,
+        seed=args.seed,
+        max_slices=args.max_slices,
+        days_per_case=(1, 3) if args.days is None else args.days,
+        test_cases=args.test_cases,
+        workers=args.workers,
+    )
     print("\n".join(summary.lines()))
 
 

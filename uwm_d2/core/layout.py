@@ -66,6 +66,20 @@ BAD_CASE_DAYS: frozenset[str] = frozenset(
 )
 
 
+def check_data_root(root: str | os.PathLike, name: str = "data root") -> Path:
+    """``root`` as a ``Path`` if it is a folder; else a one-line error naming it as ``name``.
+
+    The one check of a data root, shared by every tool (``name`` is ``"UWM.DATA_ROOT"`` where the
+    value came from a config).
+    """
+    if not str(root):
+        raise UWMInputError(f"{name} is not set (the competition data root)")
+    path = Path(root)
+    if not path.is_dir():
+        raise UWMInputError(f"{name} {str(path)!r} is not a folder")
+    return path
+
+
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
     """Entries of ``folder`` sorted by name, without hidden files (``.DS_Store``, temp files)."""
     with os.scandir(folder) as entries:

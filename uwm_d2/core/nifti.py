@@ -59,6 +59,7 @@ from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM, format_slice_id, parse_case_day
 from uwm_d2.core.io import read_scan
 from uwm_d2.core.layout import (
+    check_data_root,
     check_row,
     decode_row,
     index_scans,
@@ -486,8 +487,7 @@ class ExportSummary:
 
 def _index(root: Path, split: str | None) -> pd.DataFrame:
     """The scans of ``split``, or of ``train/`` and ``test/`` together when ``split`` is None."""
-    if not root.is_dir():
-        raise UWMInputError(f"data root {str(root)!r} is not a folder")
+    check_data_root(root)
     if split is not None:
         return index_scans(root, split)
     splits = [name for name in ("train", "test") if (root / name).is_dir()]

@@ -37,7 +37,14 @@ from uwm_d2.core.atomic import atomic_write_text, check_output_folder, output_fo
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import read_scan
-from uwm_d2.core.layout import BAD_CASE_DAYS, decode_row, index_scans, label_table, read_label_csv
+from uwm_d2.core.layout import (
+    BAD_CASE_DAYS,
+    check_data_root,
+    decode_row,
+    index_scans,
+    label_table,
+    read_label_csv,
+)
 from uwm_d2.core.progress import Progress, parallel_map
 from uwm_d2.data.folds import assign_folds
 
@@ -236,8 +243,7 @@ def build_coco(
     root = Path(data_root)
     if workers is not None and workers < 1:
         raise UWMInputError(f"workers must be >= 1, got {workers}")
-    if not root.is_dir():
-        raise UWMInputError(f"data root {str(root)!r} is not a folder")
+    check_data_root(root)
     scans, wide, csv_path = _image_tables(root, exclude_bad)
     if scans.empty:
         raise UWMInputError(f"no training scans under {str(root / 'train')!r}")

@@ -34,7 +34,7 @@ from detectron2.structures import BoxMode
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM
 from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS
-from uwm_d2.core.layout import BAD_CASE_DAYS
+from uwm_d2.core.layout import BAD_CASE_DAYS, check_data_root
 from uwm_d2.data.inputs import attach_neighbor_files
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,6 @@ def ensure_coco_files(
     # Build (and so validate) everything in memory before creating any folder: bad data must
     # not leave an empty new OUTPUT_DIR (the default COCO_DIR lies inside it) behind.
     build = build_coco(data_root, num_folds=num_folds, exclude_bad=False)
-    coco_dir.parent.mkdir(parents=True, exist_ok=True)
     write_coco(build, coco_dir)
     for line in build.summary_lines():
         logger.info(line)
@@ -242,9 +241,8 @@ def register_uwm_datasets(
     Raises:
         UWMInputError: ``data_root`` is not a folder, or ``fold`` has no files in ``coco_dir``.
     """
-    coco_dir, data_root = Path(coco_dir), Path(data_root)
-    if not data_root.is_dir():
-        raise UWMInputError(f"UWM.DATA_ROOT {str(data_root)!r} is not a folder")
+    coco_dir = Path(coco_dir)
+    data_root = check_data_root(data_root, "UWM.DATA_ROOT")
     ensure_coco_files(coco_dir, data_root, num_folds)
     folds = fold_numbers(coco_dir)
     if fold not in folds:
@@ -275,8 +273,7 @@ def register_from_cfg(cfg: CfgNode) -> list[str]:
     """
     from uwm_d2.config import coco_dir_of
 
-    if not cfg.UWM.DATA_ROOT:
-        raise UWMInputError("UWM.DATA_ROOT is not set (the competition data root)")
+    check_data_root(cfg.UWM.DATA_ROOT, "UWM.DATA_ROOT")
     names = register_uwm_datasets(
         coco_dir_of(cfg),
         cfg.UWM.DATA_ROOT,

@@ -156,6 +156,7 @@ def prepare_run(args: argparse.Namespace) -> Any:
     """
     from uwm_d2.config import build_cfg, coco_dir_of
     from uwm_d2.core.atomic import check_output_folder
+    from uwm_d2.core.layout import check_data_root
     from uwm_d2.data.register import ensure_coco_files
     from uwm_d2.engine.launch import check_num_processes
 
@@ -169,10 +170,7 @@ def prepare_run(args: argparse.Namespace) -> Any:
     check_output_folder(cfg.OUTPUT_DIR)
     # On CUDA one process per GPU; with MODEL.DEVICE cpu, --num-gpus counts CPU processes.
     check_num_processes(args.num_gpus, cfg.MODEL.DEVICE)
-    if not cfg.UWM.DATA_ROOT:
-        raise UWMInputError("UWM.DATA_ROOT is not set (the competition data root)")
-    if not Path(cfg.UWM.DATA_ROOT).is_dir():
-        raise UWMInputError(f"UWM.DATA_ROOT {cfg.UWM.DATA_ROOT!r} is not a folder")
+    check_data_root(cfg.UWM.DATA_ROOT, "UWM.DATA_ROOT")
     check_weights(cfg, args.eval_only, args.resume)
     ensure_coco_files(coco_dir_of(cfg), cfg.UWM.DATA_ROOT, cfg.UWM.NUM_FOLDS)
     return cfg

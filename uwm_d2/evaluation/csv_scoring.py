@@ -26,6 +26,7 @@ import pandas as pd
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import SLICE_THICKNESS_MM
 from uwm_d2.core.layout import (
+    check_data_root,
     check_row,
     decode_row,
     index_scans,
@@ -47,8 +48,7 @@ NEEDS_DATA_ROOT: tuple[str, ...] = ("project", "competition", "all")
 
 def _index_data_root(root: Path) -> pd.DataFrame:
     """All scans of ``train/`` and ``test/`` (whichever exist), one row per slice id."""
-    if not root.is_dir():
-        raise UWMInputError(f"data root {str(root)!r} is not a folder")
+    check_data_root(root)
     frames = [index_scans(root, split) for split in ("train", "test") if (root / split).is_dir()]
     if not frames:
         raise UWMInputError(f"data root {str(root)!r} has neither a train/ nor a test/ folder")

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uwm_d2.core.atomic import atomic_write_text
+from uwm_d2.core.atomic import atomic_write_text, check_output_folder, output_folder
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, format_scan_name, format_slice_id
 from uwm_d2.core.io import write_scan
@@ -222,7 +222,8 @@ def make_phantom(
         A :class:`PhantomSummary`.
 
     Raises:
-        UWMInputError: bad counts, ``out``'s parent missing, or ``out`` not empty.
+        UWMInputError: bad counts, or ``out`` not an empty or new folder (missing parents are
+            created, and removed again with everything in them if the run fails).
     """
     out = Path(out)
     if cases < 1 and case_days is None:
@@ -236,11 +237,8 @@ def make_phantom(
         raise UWMInputError(f"workers must be >= 1, got {workers}")
     if max_slices is not None and max_slices < 1:
         raise UWMInputError(f"max_slices must be >= 1, got {max_slices}")
-    if not out.parent.is_dir():
-        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
-        raise UWMInputError(f"the parent folder of {str(out)!r} {what}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UWMInputError(f"output folder {str(out)!r} is not empty (refusing to mix data roots)")
+    # A data root must not mix two builds: the folder must be new or empty.
+    check_output_folder(out, must_be_empty=True)
 
     rng = np.random.default_rng([seed, 0x5EED])
     train, test, geometry_names = _plan(rng, cases, test_cases, days_per_case, case_days)
@@ -262,10 +260,22 @@ def make_phantom(
         geometry = GEOMETRIES[geometry_names[case]]
         depth = geometry.num_slices if max_slices is None else min(max_slices, geometry.num_slices)
         jobs.append(CaseDayJob(str(out), split, seed, case, day, day_index, geometry, depth, gain))
-    out.mkdir(exist_ok=True)
-    (out / "train").mkdir(exist_ok=True)
-    (out / "test").mkdir(exist_ok=True)
-    results = _run_jobs(jobs, workers, progress)
+    with output_folder(out, must_be_empty=True):  # removed again (with its parents) on failure
+        (out / "train").mkdir(exist_ok=True)
+        (out / "test").mkdir(exist_ok=True)
+        results = _run_jobs(jobs, workers, progress)
+        summary = _write_tables(out, jobs, results, splits, geometry_names)
+    return summary
+
+
+def _write_tables(
+    out: Path,
+    jobs: list[CaseDayJob],
+    results: list[list[tuple[str, str, str, str]]],
+    splits: dict[str, list[tuple[int, int, int]]],
+    geometry_names: dict[int, str],
+) -> PhantomSummary:
+    """Write train.csv, test_truth.csv and sample_submission.csv; summarize what was made."""
 
     labelled = 0
     tables: dict[str, list[str]] = {"train": [], "test": []}
