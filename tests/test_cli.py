@@ -142,3 +142,20 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     stderr = process.stderr.read()
     assert process.wait(timeout=60) == 0
     assert stderr == b""
+
+
+def test_a_failed_run_on_good_input_is_one_line_and_status_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A diverged training run is not bad input: status 1, not 2, so scripts can tell them apart."""
+    from uwm_d2.core.errors import TrainingDivergedError
+
+    def main() -> None:
+        raise TrainingDivergedError("training diverged at iteration 35 (loss is NaN); ...")
+
+    with pytest.raises(SystemExit) as caught:
+        run_main(main)
+    assert caught.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: training diverged at iteration 35 (loss is NaN); ...\n"
+    )
