@@ -335,3 +335,32 @@ def test_killed_training_resumes_where_its_last_checkpoint_left(
     iterations = [row["iteration"] for row in rows]
     assert len(iterations) == len(set(iterations))
     assert max(row["iteration"] for row in rows if "total_loss" in row) == resumed_from + 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_continue(instant_data: tuple[Path, Path], tmp_path: Path) -> None:
+    import signal
+    import time
+
+    data_root, coco = instant_data
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(INSTANT),
+            "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
+            "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "100000", "TEST.EVAL_PERIOD", "0",
+            "UWM.VAL_LOSS_PERIOD", "0",
+        ],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "model_0000002.pth").exists():  # training is under way
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: interrupted; rerun the same command with --resume")
+    assert "Traceback" not in stderr
