@@ -229,7 +229,7 @@ def read_label_csv(path: str | os.PathLike, value_column: str = "segmentation") 
             row); an ``(id, class)`` pair appears twice (the id is named).
     """
     path = Path(path)
-    frame = _read_csv(path)
+    frame = read_csv_cells(path)
     missing = [column for column in ("id", "class", value_column) if column not in frame.columns]
     if missing:
         raise UWMInputError(
@@ -249,7 +249,7 @@ def read_prediction_csv(path: str | os.PathLike) -> pd.DataFrame:
         UWMInputError: as :func:`read_label_csv`; also when both or neither RLE column is present.
     """
     path = Path(path)
-    frame = _read_csv(path)
+    frame = read_csv_cells(path)
     present = [column for column in ("predicted", "segmentation") if column in frame.columns]
     if len(present) != 1:
         problem = "both" if present else "neither"
@@ -267,23 +267,28 @@ def read_prediction_csv(path: str | os.PathLike) -> pd.DataFrame:
     return _validate_rows(path, frame)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Read every cell as a string (empty cells stay ``""``), turning pandas' errors into ours."""
+def read_csv_cells(path: str | os.PathLike, what: str = "CSV") -> pd.DataFrame:
+    """Read every cell as a string (empty cells stay ``""``), turning pandas' errors into ours.
+
+    The one strict CSV reader of the label, submission and answers files; ``what`` names the
+    file's kind in messages.
+    """
+    path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UWMInputError(f"CSV {str(path)!r} {what}")
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UWMInputError(f"{what} {str(path)!r} {state}")
     try:
         # dtype=str and no NA parsing: ids such as "nan" or RLE "1 2" must stay text, and an
         # empty RLE cell must be "" rather than a float NaN.
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
-        raise UWMInputError(f"CSV {str(path)!r} is empty (no header line)") from None
+        raise UWMInputError(f"{what} {str(path)!r} is empty (no header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         detail = " ".join(str(error).split())
-        raise UWMInputError(f"CSV {str(path)!r} cannot be parsed: {detail}") from None
+        raise UWMInputError(f"{what} {str(path)!r} cannot be parsed: {detail}") from None
     except OSError as error:
         reason = error.strerror or error
-        raise UWMInputError(f"CSV {str(path)!r} cannot be read ({reason})") from None
+        raise UWMInputError(f"{what} {str(path)!r} cannot be read ({reason})") from None
 
 
 def _validate_rows(path: Path, frame: pd.DataFrame) -> pd.DataFrame:

@@ -54,7 +54,7 @@ import pandas as pd
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, check_class, parse_slice_id
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout import index_scans, read_csv_cells, read_label_csv, read_prediction_csv
 from uwm_d2.core.metrics import DICE_WEIGHT, HAUSDORFF_WEIGHT, HausdorffPair
 from uwm_d2.core.readings import MLEBENCH
 
@@ -194,16 +194,7 @@ def read_answers(path: str | os.PathLike) -> pd.DataFrame:
             class or a size is malformed (named with its row); the sizes of one case-day differ.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UWMInputError(f"answers file {str(path)!r} does not exist")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise UWMInputError(f"answers file {str(path)!r} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        detail = " ".join(str(error).split())
-        raise UWMInputError(f"answers file {str(path)!r} cannot be parsed: {detail}") from None
-    return _check_answers(frame, path.name)
+    return _check_answers(read_csv_cells(path, "answers file"), path.name)
 
 
 def _check_answers(frame: pd.DataFrame, name: str) -> pd.DataFrame:
