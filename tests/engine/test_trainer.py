@@ -364,3 +364,26 @@ def test_ctrl_c_says_how_to_continue(instant_data: tuple[Path, Path], tmp_path: 
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: interrupted; rerun the same command with --resume")
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "AdamW"])
+def test_every_config_clips_gradients_and_the_optimizer_applies_it(
+    instant_data: tuple[Path, Path], tmp_path: Path, optimizer: str
+) -> None:
+    """A huge gradient is capped per parameter before the step (the remedy for from-scratch runs
+    that diverged at a plausible learning rate), with either optimizer."""
+    data_root, coco = instant_data
+    cfg = build_cfg(
+        INSTANT,
+        ["UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
+         "OUTPUT_DIR", str(tmp_path), "UWM.OPTIMIZER", optimizer],
+    )  # fmt: skip
+    assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "norm"
+    limit = cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE
+    layer = torch.nn.Linear(4, 4)
+    solver = UWMTrainer.build_optimizer(cfg, layer)
+    layer.weight.grad = torch.full_like(layer.weight, 1e6)
+    layer.bias.grad = torch.full_like(layer.bias, 1e6)
+    solver.step()
+    for parameter in layer.parameters():
+        assert float(parameter.grad.norm()) == pytest.approx(limit, rel=1e-4)
