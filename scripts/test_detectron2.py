@@ -70,15 +70,13 @@ _WEIGHTS = "downloads model-zoo weights and a COCO image (no network here)"
 #: are those of the v0.6 tests; a rename upstream shows up as an unexpected failure plus a stale
 #: entry, never as a silently tolerated one.
 EXPECTED_FAILURES: tuple[Expected, ...] = (
-    # Rotated-box ops and the fast COCOeval are C++/CUDA code in _C.
+    # Rotated-box ops and the fast COCOeval are C++/CUDA code in _C. (TestRotatedBoxesStructure's
+    # pairwise-IoU tests loop over `["cpu"] + ["cuda"] if cuda else []`, an empty list on a CPU
+    # machine, so they pass without calling _C: they are not listed.)
     Expected("layers/test_nms_rotated.py::*", _NO_C.format("nms_rotated")),
     Expected("layers/test_roi_align_rotated.py::*", _NO_C.format("roi_align_rotated")),
     Expected(
         "structures/test_rotated_boxes.py::TestRotatedBoxesLayer::*",
-        _NO_C.format("box_iou_rotated"),
-    ),
-    Expected(
-        "structures/test_rotated_boxes.py::TestRotatedBoxesStructure::test_pairwise_iou*",
         _NO_C.format("box_iou_rotated"),
     ),
     Expected("modeling/test_roi_pooler.py::*rotated*", _NO_C.format("roi_align_rotated")),
@@ -111,7 +109,9 @@ EXPECTED_FAILURES: tuple[Expected, ...] = (
     Expected("*", "needs shapely, which is not installed", error="No module named 'shapely'"),
     # caffe2 is gone from torch: its exporter cannot run (fix-up 9 keeps the TorchScript parts).
     Expected("test_export_caffe2.py*", "caffe2 export: caffe2 is no longer part of torch"),
-    Expected("*", "caffe2 export: caffe2 is no longer part of torch", error="caffe2"),
+    Expected(
+        "*", "caffe2 export: caffe2 is no longer part of torch", error="No module named 'caffe2"
+    ),
 )
 
 _PLUGIN = '''
@@ -172,7 +172,9 @@ def run_suite(tests: Path, pytest_args: Sequence[str], timeout: float) -> dict:
         command = [
             sys.executable, "-m", "pytest", str(root),
             "-p", "uwm_d2_outcomes", "-p", "no:cacheprovider",
-            "--rootdir", str(root), "-o", "addopts=", "-q", "-rN", *pytest_args,
+            "--rootdir", str(root), "-o", "addopts=", "-q", "-rN",
+            # a module that cannot import (e.g. caffe2 export) must not stop the other modules
+            "--continue-on-collection-errors", *pytest_args,
         ]  # fmt: skip
         print("test-detectron2: " + " ".join(command), flush=True)
         subprocess.run(command, cwd=tmp, env=env, timeout=timeout, check=False)
