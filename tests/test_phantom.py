@@ -141,7 +141,7 @@ def test_explicit_case_days_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(UWMInputError, match="not empty"):
         make_phantom(tmp_path / "p", max_slices=2, workers=1, progress=False)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UWMInputError, match="'.*file' is a file"):
+    with pytest.raises(UWMInputError, match=r"'.*file' is a file"):
         make_phantom(tmp_path / "file" / "p", max_slices=2, workers=1, progress=False)
 
 
@@ -162,7 +162,7 @@ def test_the_tool_creates_missing_parents_and_leaves_nothing_on_bad_input(
         run(tmp_path / "a" / "b" / "data", "--cases", "0")
     assert list(tmp_path.iterdir()) == []  # the parents it made for the run are gone again
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UWMInputError, match="cannot be created: '.*file' is a file"):
+    with pytest.raises(UWMInputError, match=r"cannot be created: '.*file' is a file"):
         run(tmp_path / "file" / "b" / "data")
     run(tmp_path / "a" / "b" / "data", "--cases", "1")
     assert (tmp_path / "a" / "b" / "data" / "train.csv").is_file()

@@ -100,10 +100,8 @@ def test_reregistering_replaces_and_pop_works(phantom_root: Path, coco_dir: Path
 def test_builds_coco_files_when_missing(phantom_root: Path, tmp_path: Path) -> None:
     coco = tmp_path / "fresh"
     register_uwm_datasets(coco, phantom_root, num_folds=2)
-    assert sorted(p.name for p in coco.iterdir()) == sorted(
-        ["all.json", "manifest.json", "train_fold0.json", "train_fold1.json"]
-        + ["val_fold0.json", "val_fold1.json"]
-    )
+    folds = [f"{split}_fold{k}.json" for split in ("train", "val") for k in (0, 1)]
+    assert sorted(p.name for p in coco.iterdir()) == sorted(["all.json", "manifest.json", *folds])
     assert DatasetCatalog.get("uwm_val_fold1")
 
 
@@ -151,5 +149,5 @@ def test_a_coco_folder_describes_one_build(phantom_root: Path, tmp_path: Path) -
     with pytest.raises(UWMInputError, match=r"val_fold1\.json' changed since the build"):
         register_uwm_datasets(out, phantom_root, fold=0)
     (out / "manifest.json").unlink()
-    with pytest.raises(UWMInputError, match="no manifest.json"):
+    with pytest.raises(UWMInputError, match=r"no manifest\.json"):
         fold_numbers(out)
