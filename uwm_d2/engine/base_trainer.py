@@ -13,7 +13,11 @@ UWMTrainer`, which reads like detectron2's own project trainers). What is patche
 * **divergence**: a NaN/Inf loss stops training with one line naming the iteration and the last
   good checkpoint (:class:`~uwm_d2.core.errors.TrainingDivergedError`), instead of a traceback;
 * **AMP** (``SOLVER.AMP.ENABLED``) is honoured on CUDA only, turned off with a warning elsewhere;
-  ``MODEL.DEVICE cuda`` without a GPU is one line.
+  ``MODEL.DEVICE cuda`` without a GPU is one line;
+* **evaluation of a multi-process run**: DDP (``broadcast_buffers=False``) lets every rank's
+  BatchNorm running statistics drift apart, so each rank scored its shard with a different model
+  than the checkpoint rank 0 saves; every rank now evaluates with rank 0's buffers, and a
+  distributed score equals an ``--eval-only`` of the saved weights.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
@@ -64,6 +69,17 @@ def prepare_cfg(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
+def share_main_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank; no-op in one process."""
+    if comm.get_world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():  # a wrapper's buffers() are its model's (DDP, SoftOutputs)
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 class PatchedDefaultTrainer(DefaultTrainer):
     """``DefaultTrainer`` with the fixes of the module docstring; subclass it like the original."""
 
@@ -83,6 +99,12 @@ class PatchedDefaultTrainer(DefaultTrainer):
         super().load_state_dict(state)
         if "_trainer" in state:  # checkpoints written before this key existed lack it
             self._trainer.load_state_dict(state["_trainer"])
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators: Any = None) -> dict[str, Any]:
+        """detectron2's ``test``, with every rank evaluating rank 0's buffers (see above)."""
+        share_main_buffers(model)
+        return super().test(cfg, model, evaluators)
 
     def build_hooks(self) -> list[hooks.HookBase]:
         """detectron2's hooks, with the atomic, data-only checkpointer and checkpoint retention.
