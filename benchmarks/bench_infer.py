@@ -1,14 +1,16 @@
 """Benchmark: CPU slices per second of ``infer_submit``'s predictor against a DefaultPredictor loop.
 
 Same checkpoint, same scans, same run. Our side is what ``tools/infer_submit.py`` runs
-(:func:`uwm_d2.inference.pipeline.predict_submission`: batched forward passes, soft masks, the merge
-rule, RLE rows). The baseline is the common notebook pattern: one ``DefaultPredictor`` call per
-slice on the same 2.5D input, then the same merge and RLE encoding. Goal: >= 1.5x.
-Without ``--weights``, a freshly initialised demo-config model is saved and used: both sides get the
-same model, so the comparison holds (an untrained model predicts its full quota of instances, the
-worst case for the per-instance work). Run::
+(:func:`uwm_d2.inference.pipeline.predict_submission`: forward passes of ``--batch-size`` slices,
+soft outputs, the one probability path, the merge rule, RLE rows), at batch 1 and 8 and with flip
+TTA. The baseline is the common notebook pattern: one ``DefaultPredictor`` call per slice on the
+same 2.5D input, then the same probability path, merge and RLE encoding (shared code, so the
+comparison isolates the predictor: batching, slice reading, soft pasting).
+Without ``--weights``, a freshly initialised model of ``--config`` is saved and used: both sides get
+the same model, so the comparison holds (an untrained Mask R-CNN predicts its full quota of
+instances, the worst case for the per-instance work). Run::
 
-    .venv/bin/python benchmarks/bench_infer.py [--weights W.pth --data-root ROOT] [--batch-size 8]
+    .venv/bin/python benchmarks/bench_infer.py [--config C.yaml] [--weights W.pth] [--data-root R]
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="checkpoint (default: a fresh demo-config model)")
     parser.add_argument("--data-root", type=Path, help="data root with test/ (default: a phantom)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--config", type=Path, default=CONFIG, help="model config (default: the Mask R-CNN demo)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -79,22 +83,27 @@ def main() -> None:
             make_phantom(data_root, cases=2, test_cases=2, max_slices=24, progress=False)
         weights = args.weights
         if weights is None:
-            cfg = build_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
+            cfg = build_cfg(args.config, ["MODEL.DEVICE", "cpu"])
             DetectionCheckpointer(build_model(cfg), save_dir=tmp).save("fresh")
             weights = str(tmp_path / "fresh.pth")
-        cfg = build_cfg(CONFIG, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
+        cfg = build_cfg(args.config, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
         slices = len(index_scans(data_root, "test"))
-        print(f"{slices} test slices, {args.threads} torch threads, batch {args.batch_size}")
+        print(f"{slices} test slices, {args.threads} torch threads, {args.config.name}")
+        runs = {  # name: (batch size, flip TTA); None = the DefaultPredictor loop
+            "DefaultPredictor loop": None,
+            "infer_submit, batch 1": (1, False),
+            "infer_submit, batch 8": (8, False),
+            "infer_submit --tta, batch 1": (1, True),
+        }
         timings = {}
-        for name in ("DefaultPredictor loop", "infer_submit (ours)", "infer_submit --tta"):
+        for name, setting in runs.items():
             start = time.perf_counter()
-            if name.startswith("Default"):
+            if setting is None:
                 default_predictor_loop(cfg, data_root)
             else:
+                batch_size, tta = setting
                 predictor = VolumePredictor(
-                    [EnsembleMember(cfg, build_models(cfg))],
-                    tta=name.endswith("tta"),
-                    batch_size=args.batch_size,
+                    [EnsembleMember(cfg, build_models(cfg))], tta=tta, batch_size=batch_size
                 )
                 predict_submission(
                     predictor,
@@ -105,9 +114,9 @@ def main() -> None:
                 )
             timings[name] = time.perf_counter() - start
     baseline = timings["DefaultPredictor loop"]
-    print(f"{'method':<24} {'seconds':>8} {'slices/s':>9} {'speedup':>8}")
+    print(f"{'method':<28} {'seconds':>8} {'slices/s':>9} {'speedup':>8}")
     for name, seconds in timings.items():
-        print(f"{name:<24} {seconds:8.2f} {slices / seconds:9.1f} {baseline / seconds:7.2f}x")
+        print(f"{name:<28} {seconds:8.2f} {slices / seconds:9.1f} {baseline / seconds:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--tta", action="store_true", help="average with horizontally flipped input"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="slices per forward pass (default: 8 on a GPU; 1 on the CPU: batches are slower)",
+    )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )

@@ -65,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="turn the volume to LPS axes by its affine before predicting (and back after)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="slices per forward pass (default: 8 on a GPU; 1 on the CPU: batches are slower)",
+    )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )

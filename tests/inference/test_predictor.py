@@ -212,3 +212,22 @@ def test_ensemble_file_is_read_and_checked(tmp_path):
         with pytest.raises(UWMInputError, match=culprit) as caught:
             read_ensemble(bad)
         assert "\n" not in str(caught.value) and "bad.yaml" in str(caught.value)
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", 1), ("cuda", 8), ("cuda:1", 8)])
+def test_default_batch_size_follows_the_device(cfg, device: str, expected: int) -> None:
+    # On the CPU batches are no faster (benchmarks/bench_infer.py); on a GPU they are.
+    device_cfg = cfg.clone()
+    device_cfg.defrost()
+    device_cfg.MODEL.DEVICE = device
+    predictor = VolumePredictor([EnsembleMember(device_cfg, [BoxModel()])])
+    assert predictor.batch_size == expected
+    assert VolumePredictor([EnsembleMember(device_cfg, [BoxModel()])], batch_size=3).batch_size == 3
+
+
+def test_every_batch_size_gives_the_same_submission(monkeypatch, cfg, phantom_root, tmp_path):
+    model = BoxModel()
+    one = _run(monkeypatch, cfg, phantom_root, tmp_path / "one.csv", [model], batch_size=1)
+    assert set(model.calls) == {1}
+    five = _run(monkeypatch, cfg, phantom_root, tmp_path / "five.csv", [BoxModel()], batch_size=5)
+    assert one.path.read_text() == five.path.read_text()

@@ -118,7 +118,7 @@ def build_predictor(
     opts: Sequence[str],
     ensemble_file: str | os.PathLike | None = None,
     tta: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> Any:
     """A :class:`~uwm_d2.inference.predictor.VolumePredictor` from one config or an ensemble file.
 

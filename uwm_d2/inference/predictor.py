@@ -58,6 +58,16 @@ def build_models(cfg: CfgNode) -> list[torch.nn.Module]:
     return models
 
 
+def default_batch_size(device: str) -> int:
+    """Slices per forward pass: 8 on a GPU, 1 on the CPU.
+
+    On the CPU a batch only adds memory traffic: measured with ``benchmarks/bench_infer.py``
+    (2 cores), the trained Mask R-CNN demo model ran slower at batch 8 than one slice at a time,
+    and the semantic one equally fast.
+    """
+    return 8 if str(device).startswith("cuda") else 1
+
+
 @dataclass
 class EnsembleMember:
     """One config's models in an ensemble.
@@ -91,7 +101,8 @@ class VolumePredictor:
         members: one or more :class:`EnsembleMember`.
         rule: the ensemble's merge rule (cut and 3D clean-up); the first member's by default.
         tta: also run every model on the horizontally flipped slices and average.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; default :func:`default_batch_size` of the first
+            member's device.
     """
 
     def __init__(
@@ -99,12 +110,14 @@ class VolumePredictor:
         members: Sequence[EnsembleMember],
         rule: MergeRule | None = None,
         tta: bool = False,
-        batch_size: int = 8,
+        batch_size: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise UWMInputError(f"batch size must be at least 1, got {batch_size}")
         if not members:
             raise UWMInputError("an ensemble needs at least one member")
+        if batch_size is None:
+            batch_size = default_batch_size(members[0].cfg.MODEL.DEVICE)
+        if batch_size < 1:
+            raise UWMInputError(f"batch size must be at least 1, got {batch_size}")
         self.members = list(members)
         self.rule = rule or self.members[0].rule
         self.tta = tta
