@@ -51,7 +51,8 @@ demo: install  ## phantom data -> COCO -> train -> submission -> score, into $(D
 	@bash scripts/demo.sh $(PY) $(DEMO_DIR)
 
 bench: install  ## benchmarks (speed goals live here, never in tests)
-	@set -e; for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) $$bench; done
+	@set -e; export PYTHONWARNINGS='ignore:`torch.jit.script` is deprecated:FutureWarning'; \
+		for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) $$bench; done
 
 clean:  ## remove generated outputs (keeps .venv and the caches under .cache/)
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache .hypothesis wheelhouse wheelhouse-cp*
