@@ -37,7 +37,7 @@ fi
 step "2/6 COCO files -> $OUT/coco"
 "$PY" tools/make_coco.py --data-root "$DATA" --out "$OUT/coco" --folds 4 >&2
 
-step "3/6 training $CONFIG on the CPU -> $OUT/train (about 6 minutes)"
+step "3/6 training $CONFIG on the CPU -> $OUT/train (about 4 minutes on 2 cores)"
 "$PY" tools/train_net.py --config-file "$CONFIG" \
     UWM.DATA_ROOT "$DATA" UWM.COCO_DIR "$OUT/coco" UWM.NUM_FOLDS 4 OUTPUT_DIR "$OUT/train" \
     MODEL.DEVICE cpu > "$OUT/train.log" 2>&1 || { tail -n 30 "$OUT/train.log" >&2; exit 1; }
