@@ -214,3 +214,14 @@ def test_combine_weighs_the_kinds_of_one_model() -> None:
         rule.combine(instances, semantic[:, :1])
     with pytest.raises(ValueError, match="semantic_weight"):
         MergeRule(semantic_weight=1.5)
+
+
+def test_a_rule_written_as_a_dict_reads_back_equal() -> None:
+    rule = MergeRule((0.1, 0.2, 0.3), mask_threshold=0.4, min_area=7, cleanup_3d=True)
+    assert MergeRule.from_dict(rule.as_dict()) == rule
+    assert MergeRule.from_dict({}) == MergeRule()
+
+
+def test_an_unknown_rule_setting_is_named() -> None:
+    with pytest.raises(ValueError, match="'mask_cut'"):
+        MergeRule.from_dict({"mask_cut": 0.5})

@@ -19,8 +19,8 @@ score of the file that gets submitted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -89,8 +89,25 @@ class MergeRule:
         return len(self.score_thresholds)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-able settings, for result files."""
+        """Plain JSON-able settings (result files, ensemble files, export metadata);
+        :meth:`from_dict` reads them back into an equal rule."""
         return {**asdict(self), "score_thresholds": list(self.score_thresholds)}
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> MergeRule:
+        """The rule :meth:`as_dict` wrote (missing keys take their defaults).
+
+        Raises:
+            ValueError: an unknown key (named), or a value the rule refuses.
+        """
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"unknown merge rule setting {unknown[0]!r} (known: {sorted(known)})")
+        values = dict(settings)
+        if "score_thresholds" in values:
+            values["score_thresholds"] = tuple(values["score_thresholds"])
+        return cls(**values)
 
     # -- instances ---------------------------------------------------------------------------
 
