@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from uwm_d2.core.errors import UWMInputError, UWMRunError
+from uwm_d2.core.errors import UWMInputError, UWMRunError, is_out_of_memory, one_line
 
 # Before torch loads: OpenMP threads that busy-wait for work stall each other whenever another
 # process (a data-loader worker, a second job) holds a core. Measured on the 2-core CPU: 9 s per
@@ -41,14 +41,8 @@ _THIRD_PARTY_NOISE: tuple[tuple[type[Warning], str], ...] = (
 
 def fail(message: str, status: int = 2) -> None:
     """Print a one-line error and exit."""
-    first_line = " ".join(str(message).split())
-    print(f"error: {first_line}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(status)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """torch's CUDA out-of-memory error, recognised without importing torch here."""
-    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -73,7 +67,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         raise SystemExit(0) from None
     except RuntimeError as error:
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         fail(
             "out of GPU memory; lower SOLVER.IMS_PER_BATCH (training) or --batch-size "

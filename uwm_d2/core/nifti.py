@@ -55,14 +55,13 @@ from uwm_d2.core.atomic import (
     check_writable_target,
     output_folder,
 )
-from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM, format_slice_id, parse_case_day
 from uwm_d2.core.io import read_scan
 from uwm_d2.core.layout import (
-    check_data_root,
     check_row,
     decode_row,
-    index_scans,
+    index_data_root,
     label_table,
     read_prediction_csv,
 )
@@ -298,8 +297,7 @@ def load_nifti(path: str | os.PathLike, what: str = "NIfTI file") -> NiftiVolume
 
 
 def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+    return one_line(error, 120) or type(error).__name__
 
 
 def intensities_to_uint16(data: np.ndarray, shown: str = "volume") -> np.ndarray:
@@ -485,21 +483,6 @@ class ExportSummary:
     volumes_csv: Path | None
 
 
-def _index(root: Path, split: str | None) -> pd.DataFrame:
-    """The scans of ``split``, or of ``train/`` and ``test/`` together when ``split`` is None."""
-    check_data_root(root)
-    if split is not None:
-        return index_scans(root, split)
-    splits = [name for name in ("train", "test") if (root / name).is_dir()]
-    if not splits:
-        raise UWMInputError(f"data root {str(root)!r} has neither a train/ nor a test/ folder")
-    scans = pd.concat([index_scans(root, name) for name in splits], ignore_index=True)
-    if scans["id"].duplicated().any():
-        slice_id = scans.loc[scans["id"].duplicated().idxmax(), "id"]
-        raise UWMInputError(f"scan {slice_id} is in both train/ and test/ of {str(root)!r}")
-    return scans
-
-
 def _select_case_days(
     available: Sequence[str],
     wanted: Sequence[str] | None,
@@ -563,7 +546,7 @@ def export_case_days(
     labels = read_prediction_csv(labels_path)
     if labels.empty:
         raise UWMInputError(f"CSV {str(labels_path)!r} has no rows")
-    scans = _index(root, split)
+    scans = index_data_root(root, split)
     scan_folder = str(root / split) if split else str(root)
     table = label_table(labels, "predicted", labels_path.name, set(scans["id"]), scan_folder)
     scans = scans.set_index("id", drop=False)

@@ -22,10 +22,8 @@ from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
-from uwm_d2.core.errors import UWMInputError
-
-#: Prefixes of ``MODEL.WEIGHTS`` that name a download rather than a local file.
-REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "s3://", "gs://")
+from uwm_d2.core.errors import UWMInputError, one_line
+from uwm_d2.core.weights import is_remote, split_weights
 
 _HELP = """\
 configs (configs/):
@@ -115,7 +113,7 @@ def check_weights(cfg: Any, eval_only: bool, resume: bool) -> None:
         if eval_only:
             raise UWMInputError("--eval-only needs a checkpoint: set MODEL.WEIGHTS")
         return
-    if weights.startswith(REMOTE_PREFIXES):
+    if is_remote(weights):
         from detectron2.checkpoint.catalog import ModelCatalog  # noqa: F401 (registers handlers)
         from detectron2.utils.file_io import PathManager
 
@@ -126,15 +124,15 @@ def check_weights(cfg: Any, eval_only: bool, resume: bool) -> None:
             with quiet:
                 PathManager.get_local_path(weights)  # downloads once into the cache
         except Exception as error:  # any failure to fetch is the same to the user
-            reason = " ".join(str(error).split())[:200]
+            reason = one_line(error, 200)
             raise UWMInputError(
                 f"cannot fetch MODEL.WEIGHTS {weights!r} ({reason}); offline, train from scratch "
                 "with configs/mask_rcnn_R_50_FPN_gn_scratch_uwm.yaml or a demo config"
             ) from None
         return
-    for path in weights.split(","):
-        if not Path(path.strip()).is_file():
-            raise UWMInputError(f"MODEL.WEIGHTS {path.strip()!r} does not exist")
+    for path in split_weights(weights):
+        if not Path(path).is_file():
+            raise UWMInputError(f"MODEL.WEIGHTS {path!r} does not exist")
     if eval_only:
         # Load it once into the model on the CPU: a checkpoint that does not fit the config fails
         # here, in one line, before anything is written.

@@ -26,10 +26,9 @@ import pandas as pd
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import SLICE_THICKNESS_MM
 from uwm_d2.core.layout import (
-    check_data_root,
     check_row,
     decode_row,
-    index_scans,
+    index_data_root,
     label_table,
     read_label_csv,
     read_prediction_csv,
@@ -44,20 +43,6 @@ RULES: tuple[str, ...] = (*READINGS, "all")
 #: The readings that need the scans' geometry (sizes, spacings) from a data root and a truth CSV;
 #: ``mlebench`` can also be scored from an answers file, which carries the sizes itself.
 NEEDS_DATA_ROOT: tuple[str, ...] = ("project", "competition", "all")
-
-
-def _index_data_root(root: Path) -> pd.DataFrame:
-    """All scans of ``train/`` and ``test/`` (whichever exist), one row per slice id."""
-    check_data_root(root)
-    frames = [index_scans(root, split) for split in ("train", "test") if (root / split).is_dir()]
-    if not frames:
-        raise UWMInputError(f"data root {str(root)!r} has neither a train/ nor a test/ folder")
-    scans = pd.concat(frames, ignore_index=True)
-    repeated = scans["id"].duplicated()
-    if repeated.any():
-        slice_id = scans.loc[repeated.idxmax(), "id"]
-        raise UWMInputError(f"scan {slice_id} is in both train/ and test/ of {str(root)!r}")
-    return scans.set_index("id")
 
 
 class CsvVolumes(LazyVolumes):
@@ -148,7 +133,7 @@ def load_volumes(
     pred = read_prediction_csv(pred_path)
     if truth.empty:
         raise UWMInputError(f"truth CSV {str(truth_path)!r} has no rows")
-    scans = _index_data_root(Path(data_root))
+    scans = index_data_root(data_root).set_index("id")
 
     label_table(truth, "segmentation", truth_path.name, scans.index, str(data_root))
     truth_keys = pd.MultiIndex.from_frame(truth[["id", "class"]])

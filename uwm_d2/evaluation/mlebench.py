@@ -52,9 +52,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.ids import CLASSES, check_class, parse_slice_id
-from uwm_d2.core.layout import index_scans, read_csv_cells, read_label_csv, read_prediction_csv
+from uwm_d2.core.errors import UWMInputError, one_line
+from uwm_d2.core.ids import CLASSES, case_day_of, check_class, parse_slice_id
+from uwm_d2.core.layout import (
+    index_data_root,
+    read_csv_cells,
+    read_label_csv,
+    read_prediction_csv,
+    require_columns,
+)
 from uwm_d2.core.metrics import DICE_WEIGHT, HAUSDORFF_WEIGHT, HausdorffPair
 from uwm_d2.core.readings import MLEBENCH
 
@@ -198,12 +204,7 @@ def read_answers(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _check_answers(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    missing = [column for column in ANSWERS_COLUMNS if column not in frame.columns]
-    if missing:
-        raise UWMInputError(
-            f"{name}: no column {', '.join(map(repr, missing))} (answers need "
-            f"{', '.join(ANSWERS_COLUMNS)})"
-        )
+    require_columns(frame, ANSWERS_COLUMNS, name, f"answers need {', '.join(ANSWERS_COLUMNS)}")
     frame = frame[list(ANSWERS_COLUMNS)].reset_index(drop=True).copy()
     if frame.empty:
         raise UWMInputError(f"{name}: the answers have no rows")
@@ -223,7 +224,7 @@ def _check_answers(frame: pd.DataFrame, name: str) -> pd.DataFrame:
                 f"{frame.at[row, column]!r} is not a positive integer"
             )
         frame[column] = np.asarray(sizes, dtype=np.int64)
-    case_days = frame["id"].str.split("_slice_").str[0]
+    case_days = frame["id"].map(case_day_of)
     shapes = frame.groupby(case_days)[["image_width", "image_height"]].nunique()
     mixed = (shapes > 1).any(axis=1)
     if mixed.any():
@@ -259,7 +260,7 @@ def answers_from_truth(
         truth = read_label_csv(truth)
     frame = truth[["id", "class", "segmentation"]].rename(columns={"segmentation": "predicted"})
     frame = frame.reset_index(drop=True).copy()
-    case_days = frame["id"].str.split("_slice_").str[0]
+    case_days = frame["id"].map(case_day_of)
     unknown = ~case_days.isin(list(shapes))
     if unknown.any():
         raise UWMInputError(
@@ -304,11 +305,7 @@ def answers_from_data_root(
     Raises:
         UWMInputError: no scan folder, or as :func:`answers_from_truth`.
     """
-    root = Path(data_root)
-    frames = [index_scans(root, split) for split in ("train", "test") if (root / split).is_dir()]
-    if not frames:
-        raise UWMInputError(f"data root {str(root)!r} has neither a train/ nor a test/ folder")
-    scans = pd.concat(frames, ignore_index=True).drop_duplicates("case_day")
+    scans = index_data_root(data_root).drop_duplicates("case_day")
     shapes = {
         case_day: (int(height), int(width))
         for case_day, height, width in zip(
@@ -342,18 +339,15 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        detail = " ".join(str(error).split())
-        raise UWMInputError(f"{path.name}: {_REJECT}: it cannot be parsed: {detail}") from None
+        raise UWMInputError(
+            f"{path.name}: {_REJECT}: it cannot be parsed: {one_line(error)}"
+        ) from None
     return _check_submission_columns(frame, path.name)
 
 
 def _check_submission_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    missing = [column for column in SUBMISSION_COLUMNS if column not in frame.columns]
-    if missing:
-        raise UWMInputError(
-            f"{name}: {_REJECT}: no column {', '.join(map(repr, missing))} (a submission needs "
-            f"{', '.join(SUBMISSION_COLUMNS)})"
-        )
+    needs = f"a submission needs {', '.join(SUBMISSION_COLUMNS)}"
+    require_columns(frame, SUBMISSION_COLUMNS, f"{name}: {_REJECT}", needs)
     frame = frame[list(SUBMISSION_COLUMNS)].reset_index(drop=True).copy()
     frame["predicted"] = frame["predicted"].astype(object).where(frame["predicted"].notna(), "")
     return frame
@@ -436,6 +430,7 @@ def score_mlebench(
     _line_up(answers, submission, name)
 
     ids = answers["id"].tolist()
+    row_case_days = answers["id"].map(case_day_of).tolist()
     classes = answers["class"].tolist()
     heights = answers["image_height"].to_numpy()
     widths = answers["image_width"].to_numpy()
@@ -460,9 +455,9 @@ def score_mlebench(
     num_slices = 0
     start = 0
     while start < len(order):
-        case_day = ids[order[start]].split("_slice_")[0]
+        case_day = row_case_days[order[start]]
         stop = start
-        while stop < len(order) and ids[order[stop]].split("_slice_")[0] == case_day:
+        while stop < len(order) and row_case_days[order[stop]] == case_day:
             stop += 1
         rows = order[start:stop]
         slice_ids = list(dict.fromkeys(ids[row] for row in rows))
