@@ -1,26 +1,10 @@
 """Score a submission CSV against the truth with the competition metric; print JSON.
 
-Prints one line per reading of the metric to stderr (``score S (dice D, hausdorff H) on N slices,
-M case-days [reading]``) and one JSON object to stdout, so ``evaluate ... > scores.json`` keeps
-only the JSON. The readings (``--rules``) are ``uwm_d2.core.readings``'s; ``mlebench`` is
-MLE-bench's grader itself (``uwm_d2.evaluation.mlebench``). The logic is
-``uwm_d2.evaluation.csv_scoring.score_rules``.
-"""
+Prints one line per reading of the metric to stderr ("score S (dice D, hausdorff H) on N slices,
+M case-days [reading]") and one JSON object to stdout, so "evaluate ... > scores.json" keeps only
+the JSON. The readings are uwm_d2.core.readings'; mlebench is MLE-bench's grader itself
+(uwm_d2.evaluation.mlebench); the logic is uwm_d2.evaluation.csv_scoring.
 
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from uwm_d2.cli import run_main
-from uwm_d2.core.errors import UWMInputError
-
-# Listed here rather than imported: ``--help`` must not wait for pandas and scipy.
-RULES = ("project", "competition", "mlebench", "all")
-
-EPILOG = """\
 readings (--rules):
   project      this project's reading, the community's CV code (default): Dice 1 for an empty
                pair, Hausdorff per (case-day, class), unit spacing / volume diagonal.
@@ -61,13 +45,22 @@ Examples:
   python tools/evaluate.py --answers answers.csv --pred submission.csv --rules mlebench
 """
 
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from uwm_d2.cli import parse_tool_args, run_main, tool_parser
+from uwm_d2.core.errors import UWMInputError
+
+# Listed here rather than imported: ``--help`` must not wait for pandas and scipy.
+RULES = ("project", "competition", "mlebench", "all")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--data-root", type=Path, default=None, help="folder with the scans (train/, test/)"
     )
@@ -99,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write one row per (case_day, class): voxels and mL of truth and prediction, "
         "their difference (mL, %%), 3D Dice and HD95 in mm (needs --data-root and --truth)",
     )
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv)
 
 
 def _check_sources(args: argparse.Namespace) -> str:
