@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from uwm_d2.core.nifti import export_case_days
+    from uwm_d2.data.nifti_export import export_case_days
 
     summary = export_case_days(
         args.data_root,
