@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, parse_scan_name
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv, read_prediction_csv
 from uwm_d2.core.rle import rle_decode
 from uwm_d2.phantom import GEOMETRIES, make_phantom
 

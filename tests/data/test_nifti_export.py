@@ -16,7 +16,7 @@ import pytest
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import read_scan
-from uwm_d2.core.layout import index_scans, read_label_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv
 from uwm_d2.core.nifti import case_day_affine, nifti_rle_rows
 from uwm_d2.core.rle import rle_decode
 from uwm_d2.data.nifti_export import export_case_days

@@ -135,7 +135,7 @@ def test_kinds_ensemble_into_one_submission(
 
 
 def _case_days(data_root: Path) -> dict[str, list[dict]]:
-    from uwm_d2.core.layout import index_scans
+    from uwm_d2.core.layout_reader import index_scans
     from uwm_d2.inference.predictor import scan_records
 
     return scan_records(data_root, index_scans(data_root, "test"))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.layout import index_scans
+from uwm_d2.core.layout_reader import index_scans
 from uwm_d2.core.nifti import label_map, load_nifti, to_xyz
 from uwm_d2.data.nifti_export import export_case_days
 from uwm_d2.inference.nifti import (

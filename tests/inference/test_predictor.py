@@ -16,7 +16,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from uwm_d2.config import build_cfg
-from uwm_d2.core.layout import index_scans, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_prediction_csv
 from uwm_d2.core.rle import rle_decode
 from uwm_d2.inference import pipeline
 from uwm_d2.inference.predictor import EnsembleMember, VolumePredictor

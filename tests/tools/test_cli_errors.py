@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from uwm_d2.core.layout import index_scans
+from uwm_d2.core.layout_reader import index_scans
 
 from .conftest import (
     FAST_INFERENCE_OPTS,

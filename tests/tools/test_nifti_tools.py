@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv, read_prediction_csv
 from uwm_d2.core.metrics import dice_3d, hd95_mm
 from uwm_d2.core.nifti import label_map, to_xyz
 from uwm_d2.core.rle import rle_decode

@@ -71,6 +71,6 @@ __all__ = [
 ]
 
 # The data layout readers (pandas); appended after the list above, which other modules own.
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv, read_prediction_csv
 
 __all__ += ["index_scans", "read_label_csv", "read_prediction_csv"]

@@ -37,7 +37,7 @@ from uwm_d2.core.atomic import atomic_write_text, check_output_folder, output_fo
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, case_day_of
 from uwm_d2.core.io import read_scan
-from uwm_d2.core.layout import (
+from uwm_d2.core.layout_reader import (
     BAD_CASE_DAYS,
     check_data_root,
     decode_row,

@@ -19,7 +19,7 @@ from uwm_d2.core.atomic import check_output_folder, check_writable_target, outpu
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, parse_case_day
 from uwm_d2.core.io import read_scan
-from uwm_d2.core.layout import (
+from uwm_d2.core.layout_reader import (
     check_row,
     decode_row,
     index_data_root,

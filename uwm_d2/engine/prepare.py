@@ -107,7 +107,7 @@ def prepare_run(args: argparse.Namespace) -> Any:
     """
     from uwm_d2.config import build_cfg, coco_dir_of
     from uwm_d2.core.atomic import check_output_folder
-    from uwm_d2.core.layout import check_data_root
+    from uwm_d2.core.layout_reader import check_data_root
     from uwm_d2.data.register import ensure_coco_files
     from uwm_d2.engine.launch import check_num_processes
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.ids import case_day_of, check_class, parse_slice_id
-from uwm_d2.core.layout import (
+from uwm_d2.core.layout_reader import (
     index_data_root,
     read_csv_cells,
     read_label_csv,

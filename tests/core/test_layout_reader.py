@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.layout import (
+from uwm_d2.core.layout_reader import (
     SCAN_COLUMNS,
     index_data_root,
     index_scans,

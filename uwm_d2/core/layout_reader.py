@@ -1,4 +1,6 @@
-"""The competition's data layout on disk: the scan index of a split and the label / prediction CSVs.
+"""Reading the competition's data layout on disk: the scan index and the label / prediction CSVs.
+
+(:mod:`uwm_d2.phantom.layout_writer` writes a data root in this layout.)
 
 A data root holds ``train.csv`` (``id,class,segmentation``), ``sample_submission.csv``
 (``id,class,predicted``) and ``<split>/case<N>/case<N>_day<M>/scans/slice_ZZZZ_W_H_PX_PY.png``.
