@@ -21,7 +21,7 @@ import pytest
 from uwm_d2.cli import add_model_arguments, parse_tool_args, run_main, tool_parser
 from uwm_d2.core.errors import UWMInputError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .conftest import REPO_ROOT, tool_env
 
 
 def _run(main: Callable[[], int | None], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -137,6 +137,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, str(script)],
         cwd=REPO_ROOT,
+        env=tool_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

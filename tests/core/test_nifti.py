@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -24,8 +22,6 @@ from uwm_d2.core.nifti import (
     load_nifti,
     read_label_nifti,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_label_map_and_class_masks() -> None:
@@ -82,15 +78,3 @@ def test_intensities_to_uint16() -> None:
     np.testing.assert_array_equal(intensities_to_uint16(np.full(3, -2.5)), [0, 0, 0])
     with pytest.raises(UWMInputError, match="1 NaN or infinite"):
         intensities_to_uint16(np.array([1.0, np.nan]), "volume 'x'")
-
-
-def test_core_nifti_imports_neither_torch_nor_detectron2() -> None:
-    code = (
-        "import sys, uwm_d2.core.nifti\n"
-        "print(','.join(sorted(n for n in sys.modules if n.split('.')[0] in "
-        "('torch', 'detectron2'))))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""

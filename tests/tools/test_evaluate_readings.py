@@ -2,31 +2,25 @@
 
 The scores are checked against the library functions called directly (``score_submission``,
 ``score_mlebench``), never against numbers written here. The tool's ``main`` runs in-process for
-the scores (fast); the error cases and one ``> scores.json`` run go through the real tool as a
-subprocess, side by side in a thread pool, and assert what ``test_cli_errors`` asserts: exit
-status 2, exactly one stderr line ``error: ...`` naming the culprit, nothing written.
+the scores (fast); one ``> scores.json`` run goes through the real tool as a subprocess. The
+error cases are rows of the tools' one bad-input harness, tests/tools/test_bad_input.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from uwm_d2.core.layout_reader import read_label_csv
 from uwm_d2.evaluation.csv_scoring import READING_CHOICES, score_submission
 from uwm_d2.evaluation.mlebench import answers_from_data_root, score_mlebench
 
-from .conftest import REPO_ROOT, run_tool
+from ..conftest import REPO_ROOT, run_tool
 
 READING_NAMES = ("project", "competition", "mlebench")
 
@@ -191,135 +185,6 @@ def test_the_flags_old_name_still_works(
 
 
 # ----------------------------------------------------------------- through the real tool
-
-
-@dataclass(frozen=True)
-class Case:
-    """A way to break the input (returns the culprit the error must name) and the arguments."""
-
-    breaks: Callable[[Path], str]
-    args: Callable[[Path], list[str]]
-
-
-def _root(reading: str, pred: str = "sample_submission.csv") -> Callable[[Path], list[str]]:
-    def args(tmp: Path) -> list[str]:
-        root = tmp / "data"
-        return [
-            *_root_args(root, root / pred),
-            *["--reading", reading, "--json", str(tmp / "scores.json")],
-        ]
-
-    return args
-
-
-def _answers(*extra: str) -> Callable[[Path], list[str]]:
-    def args(tmp: Path) -> list[str]:
-        root = tmp / "data"
-        return [
-            *["--answers", str(tmp / "answers.csv"), "--pred", str(root / "sample_submission.csv")],
-            *extra,
-            *["--json", str(tmp / "scores.json")],
-        ]
-
-    return args
-
-
-def _overlapping_runs(tmp: Path) -> str:
-    """Overlapping runs in the first filled row of the sample submission (1-based data row)."""
-    path = tmp / "data" / "sample_submission.csv"
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.loc[4, "predicted"] = "1 5 3 2"
-    frame.to_csv(path, index=False)
-    return f"MLE-bench would reject this file: row 5 ({frame.loc[4, 'id']} {frame.loc[4, 'class']})"
-
-
-def _unsorted_runs(tmp: Path) -> str:
-    path = tmp / "data" / "sample_submission.csv"
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.loc[7, "predicted"] = "50 2 10 2"  # runs not sorted by start
-    frame.to_csv(path, index=False)
-    return "MLE-bench would reject this file: row 8 "
-
-
-def _swapped_rows(tmp: Path) -> str:
-    path = tmp / "data" / "sample_submission.csv"
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.iloc[[0, 1]] = frame.iloc[[1, 0]].to_numpy()
-    frame.to_csv(path, index=False)
-    return "MLE-bench would reject this file: row 1 "
-
-
-def _culprit(text: str) -> Callable[[Path], str]:
-    return lambda _: text
-
-
-CASES: dict[str, Case] = {
-    "mlebench-overlapping-runs": Case(_overlapping_runs, _root("mlebench")),
-    "all-overlapping-runs": Case(_overlapping_runs, _root("all")),
-    "answers-overlapping-runs": Case(_overlapping_runs, _answers("--reading", "mlebench")),
-    "mlebench-unsorted-runs": Case(_unsorted_runs, _root("mlebench")),
-    "mlebench-rows-out-of-order": Case(_swapped_rows, _root("mlebench")),
-    "answers-with-project-reading": Case(
-        _culprit("--reading project needs the scans' geometry from a data root"),
-        _answers("--reading", "project"),
-    ),
-    "answers-with-all-reading": Case(
-        _culprit("--reading all needs the scans' geometry"), _answers("--reading", "all")
-    ),
-    "answers-and-data-root": Case(
-        _culprit("--answers replaces --data-root and --truth"),
-        lambda tmp: [*_answers()(tmp), "--data-root", str(tmp / "data")],
-    ),
-    "no-truth": Case(
-        _culprit("missing --truth"),
-        lambda tmp: [
-            *["--data-root", str(tmp / "data"), "--pred", str(tmp / "data/sample_submission.csv")],
-            *["--json", str(tmp / "scores.json")],
-        ],
-    ),
-}
-
-
-def _snapshot(folder: Path) -> dict[str, tuple]:
-    return {
-        path.relative_to(folder).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in folder.rglob("*")
-        if path.is_file()
-    }
-
-
-@pytest.fixture(scope="module")
-def outcomes(
-    phantom_root: Path, files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple]:
-    """Every case's (culprit, completed process, files before, files after), run side by side."""
-    jobs = {}
-    for name, case in CASES.items():
-        tmp = tmp_path_factory.mktemp(name)
-        shutil.copytree(phantom_root, tmp / "data")
-        shutil.copy(files["answers"], tmp / "answers.csv")
-        jobs[name] = (tmp, case.breaks(tmp))
-
-    def run(name: str) -> tuple:
-        tmp, culprit = jobs[name]
-        before = _snapshot(tmp)
-        result = run_tool("evaluate", CASES[name].args(tmp), timeout=120)
-        return culprit, result, before, _snapshot(tmp)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return dict(zip(CASES, pool.map(run, CASES), strict=True))
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_gives_one_line_and_writes_nothing(name: str, outcomes: dict) -> None:
-    culprit, result, before, after = outcomes[name]
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert culprit in lines[0]
-    assert result.stdout == ""
-    assert after == before  # no --json file, no temp file, nothing changed
 
 
 def test_stdout_stays_pure_json(phantom_root: Path, tmp_path: Path) -> None:
