@@ -79,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume": "continue from OUTPUT_DIR's last checkpoint (same iteration, same best score)",
         "--eval-only": "score MODEL.WEIGHTS (or, with --resume, the last checkpoint); no training",
     }
+    helps["--dist-url"] = (
+        "rendezvous of a multi-machine run, tcp://HOST:PORT of machine 0 (the same on every "
+        "machine); on one machine leave it out: each run picks a free port"
+    )
     for flag, text in helps.items():
         parser._option_string_actions[flag].help = text
+    # detectron2's default is one fixed port per user: two runs on one machine collided on it.
+    parser.set_defaults(dist_url="auto")
     parser.add_argument(
         "--verbose",
         action="store_true",
