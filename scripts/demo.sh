@@ -14,6 +14,7 @@ PY="${1:-.venv/bin/python}"
 OUT="${2:-demo_output}"
 CONFIG="${DEMO_CONFIG:-configs/demo/semantic_R_18_FPN_cpu_demo.yaml}"
 DATA="${DATA:-}"
+SEED="${SEED:-}"  # training seed (default: the config's SEED, 0); scores vary with it
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 
 cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ step "3/6 training $CONFIG on the CPU -> $OUT/train (about 4 minutes on 2 cores)
 # Progress (iteration, losses, ETA, validation scores) on the console and in train.log alike.
 "$PY" tools/train_net.py --config-file "$CONFIG" \
     UWM.DATA_ROOT "$DATA" UWM.COCO_DIR "$OUT/coco" UWM.NUM_FOLDS 4 OUTPUT_DIR "$OUT/train" \
-    MODEL.DEVICE cpu 2>&1 | tee "$OUT/train.log" >&2
+    MODEL.DEVICE cpu ${SEED:+SEED "$SEED"} 2>&1 | tee "$OUT/train.log" >&2
 
 # What to predict and score: the data's own test split with its truth, or else the held-out fold.
 if [[ -d "$DATA/test" && -f "$DATA/test_truth.csv" ]]; then
