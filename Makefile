@@ -50,7 +50,7 @@ wheelhouse: install  ## offline wheels into $(WHEELHOUSE)/ (PYTHON_VERSION=3.12 
 		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
 		$(if $(LEAVE_OUT),--leave-out $(LEAVE_OUT))
 
-demo: install  ## phantom data -> COCO -> train -> submission -> score, into $(DEMO_DIR)/
+demo: install  ## phantom data -> COCO -> train -> submission -> score, into $(DEMO_DIR)/ (SEED=N, DATA=root)
 	@bash scripts/demo.sh $(PY) $(DEMO_DIR)
 
 bench: install  ## benchmarks (speed goals live here, never in tests)

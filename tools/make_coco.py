@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         exclude_bad=args.exclude_bad,
         workers=args.workers,
     )
+    if build.replaced:
+        print(build.replaced)
     print("\n".join(build.summary_lines()))
     print(f"wrote {len(build.files())} files to {args.out}")
 

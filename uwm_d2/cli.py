@@ -187,3 +187,22 @@ def predictor_from_args(args: argparse.Namespace) -> Any:
         tta=getattr(args, "tta", False),
         batch_size=getattr(args, "batch_size", None),
     )
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= minimum``: a bad value names its flag (argparse
+    prefixes the flag), not the library parameter it becomes."""
+
+    def parse(text: str) -> int:
+        import argparse
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

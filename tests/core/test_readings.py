@@ -22,9 +22,11 @@ from uwm_d2.core.readings import (
     PROJECT,
     READINGS,
     Reading,
+    ReadingTally,
     column_major_layout,
     resolve_readings,
     score_readings,
+    tally_case_day,
 )
 
 
@@ -274,3 +276,70 @@ def test_score_readings_rejects_bad_input() -> None:
         score_readings({("c1_d1", "stomach"): (a, a), ("c1_d1", "large_bowel"): (b, b)})
     with pytest.raises(ValueError, match="unknown reading"):
         score_readings({("c1_d1", "stomach"): (a, a)}, "kaggle")
+
+
+# ---------------------------------------------------------------- additive tallies
+
+
+def _random_case_days(seed: int, count: int) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Case-days of three classes with blobs, empty classes and empty slices."""
+    rng = np.random.default_rng(seed)
+    case_days = {}
+    for index in range(count):
+        shape = (int(rng.integers(3, 7)), 9, 11 if index % 2 else 9)
+        pairs = {}
+        for class_index, name in enumerate(("large_bowel", "small_bowel", "stomach")):
+            truth = ndimage.binary_dilation(rng.random(shape) < 0.03)
+            pred = truth ^ (rng.random(shape) < 0.02)
+            if (index + class_index) % 4 == 0:
+                pred[:] = False  # a missed organ
+            if (index + class_index) % 5 == 0:
+                truth[:] = False
+            pairs[name] = (pred, truth)
+        case_days[f"case{index}_day0"] = pairs
+    return case_days
+
+
+@pytest.mark.parametrize("reading", list(READINGS))
+def test_tallies_of_case_days_add_up_to_the_whole_score(reading: str) -> None:
+    case_days = _random_case_days(seed=3, count=6)
+    volumes = {
+        (case_day, name): pair
+        for case_day, pairs in case_days.items()
+        for name, pair in pairs.items()
+    }
+    whole = score_readings(volumes, reading)["readings"][reading]
+    tallies = [tally_case_day(reading, pairs, case_day) for case_day, pairs in case_days.items()]
+    summed = sum(tallies).summary()
+    assert summed.keys() == whole.keys()
+    for key, value in whole.items():
+        if isinstance(value, float):
+            assert summed[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+        elif key != "per_class":
+            assert summed[key] == value, key
+    for name, values in whole["per_class"].items():
+        for key, value in values.items():
+            assert summed["per_class"][name][key] == pytest.approx(value, abs=1e-12)
+    # Any split into two groups adds to the same score (the bootstrap and per-fold sums).
+    first = sum(tallies[:2])
+    second = sum(tallies[2:])
+    assert (first + second).summary()["score"] == pytest.approx(whole["score"], abs=1e-12)
+
+
+def test_a_tally_scores_one_case_day_as_the_whole_scorer_does() -> None:
+    pairs = _random_case_days(seed=5, count=1)["case0_day0"]
+    volumes = {("case0_day0", name): pair for name, pair in pairs.items()}
+    for reading in READINGS:
+        expected = score_readings(volumes, reading)["readings"][reading]["score"]
+        assert tally_case_day(reading, pairs).summary()["score"] == pytest.approx(expected)
+
+
+def test_tallies_refuse_to_mix_readings_and_empty_input() -> None:
+    pairs = _random_case_days(seed=1, count=1)["case0_day0"]
+    with pytest.raises(ValueError, match="cannot add a mlebench tally to a project tally"):
+        _ = tally_case_day("project", pairs) + tally_case_day("mlebench", pairs)
+    with pytest.raises(ValueError, match="no classes"):
+        tally_case_day("project", {})
+    with pytest.raises(ValueError, match="unknown reading"):
+        tally_case_day("kaggle", pairs)
+    assert ReadingTally(PROJECT).summary()["score"] is None

@@ -33,3 +33,4 @@ def test_split_weights_strips_and_drops_empty_items() -> None:
     assert split_weights(["a.pth", " "]) == ["a.pth"]
     with pytest.raises(UWMInputError, match="no checkpoint given"):
         split_weights(" , ")
+    assert split_weights(" , ", required=False) == []

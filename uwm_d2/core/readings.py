@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -237,16 +237,42 @@ def _dice_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nd
     return intersection, total
 
 
-def _mean(values: Sequence[float] | np.ndarray) -> tuple[float | None, int, int]:
-    """``(mean of the non-NaN values or None, how many counted, how many were NaN)``."""
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    counted = ~np.isnan(values)
-    used = int(counted.sum())
-    mean = float(values[counted].mean()) if used else None
-    return mean, used, int(values.size - used)
+@dataclass(frozen=True)
+class _Sums:
+    """A mean in the making: the sum of the values that count, their number, and how many were
+    skipped (NaN). Sums of disjoint sets of values add up."""
+
+    total: float = 0.0
+    used: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def of(cls, values: Sequence[float] | np.ndarray) -> _Sums:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        counted = ~np.isnan(values)
+        used = int(counted.sum())
+        return cls(float(values[counted].sum()), used, int(values.size - used))
+
+    def __add__(self, other: _Sums) -> _Sums:
+        return _Sums(self.total + other.total, self.used + other.used, self.skipped + other.skipped)
+
+    @property
+    def mean(self) -> float | None:
+        """The mean of the values that count, ``None`` when none does."""
+        return self.total / self.used if self.used else None
+
+
+def _add_maps(
+    first: Mapping[Any, _Sums], second: Mapping[Any, _Sums]
+) -> MappingProxyType[Any, _Sums]:
+    keys = list(first) + [key for key in second if key not in first]
+    return MappingProxyType(
+        {key: first.get(key, _Sums()) + second.get(key, _Sums()) for key in keys}
+    )
 
 
 def _combine(dice: float | None, hausdorff: float | None) -> float | None:
+    """The one score formula: ``0.4 * dice + 0.6 * (1 - hausdorff)``, ``None`` if either is."""
     if dice is None or hausdorff is None:
         return None
     return DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff)
@@ -256,30 +282,55 @@ def _class_order(name: str) -> tuple[int, str]:
     return (CLASSES.index(name) if name in CLASSES else len(CLASSES), name)
 
 
-class _Tally:
-    """What one reading has seen so far: Dice rows per class, Hausdorff terms, shortcuts."""
+@dataclass(frozen=True)
+class ReadingTally:
+    """What one reading has seen of some case-days, as sums that add up.
 
-    def __init__(self, reading: Reading) -> None:
-        self.reading = reading
-        self.dice: dict[str, list[np.ndarray]] = {}
-        self.hausdorff: dict[str | None, list[float]] = {}  # None: class-agnostic volumes
-        self.shortcuts = 0
+    Tallies of disjoint case-days add with ``+``, so a score over any set of case-days (a fold,
+    the whole out-of-fold set, a bootstrap sample of cases) is the :meth:`summary` of the sum of
+    their per-case-day tallies (:func:`tally_case_day`), with no volume scored twice.
 
-    def add_hausdorff(self, class_name: str | None, pair: HausdorffPair) -> None:
-        term, shortcut = self.reading.hausdorff_of_pair(pair)
-        self.hausdorff.setdefault(class_name, []).append(term)
-        self.shortcuts += shortcut
+    Attributes:
+        reading: the reading counted.
+        dice: per class, the Dice rows (one per slice) that count and those skipped.
+        hausdorff: per class (``None``: the classes OR-ed, a class-agnostic reading), the
+            Hausdorff terms of the volumes.
+        shortcuts: volumes set to 1 by the reading's over-prediction shortcut.
+    """
+
+    reading: Reading
+    dice: Mapping[str, _Sums] = field(default_factory=lambda: MappingProxyType({}))
+    hausdorff: Mapping[str | None, _Sums] = field(default_factory=lambda: MappingProxyType({}))
+    shortcuts: int = 0
+
+    def __add__(self, other: ReadingTally) -> ReadingTally:
+        if other.reading != self.reading:
+            raise ValueError(
+                f"cannot add a {other.reading.name} tally to a {self.reading.name} tally"
+            )
+        return ReadingTally(
+            self.reading,
+            _add_maps(self.dice, other.dice),
+            _add_maps(self.hausdorff, other.hausdorff),
+            self.shortcuts + other.shortcuts,
+        )
+
+    def __radd__(self, other: object) -> ReadingTally:
+        if other == 0:  # sum() starts from 0
+            return self
+        return NotImplemented
 
     def summary(self) -> dict[str, Any]:
-        rows = [row for values in self.dice.values() for row in values]
-        dice, dice_used, dice_skipped = _mean(np.concatenate(rows))
-        terms = [term for values in self.hausdorff.values() for term in values]
-        hausdorff, volumes_used, volumes_skipped = _mean(terms)
+        """The reading's summary, as :func:`score_readings` reports it under ``readings``."""
+        dice = sum(self.dice.values(), _Sums())
+        hausdorff = sum(self.hausdorff.values(), _Sums())
         per_class: dict[str, dict[str, float | None]] = {}
         for class_name in sorted(self.dice, key=_class_order):
-            class_dice = _mean(np.concatenate(self.dice[class_name]))[0]
+            class_dice = self.dice[class_name].mean
             class_hausdorff = (
-                _mean(self.hausdorff[class_name])[0] if self.reading.hausdorff_per_class else None
+                self.hausdorff.get(class_name, _Sums()).mean
+                if self.reading.hausdorff_per_class
+                else None
             )
             per_class[class_name] = {
                 "score": _combine(class_dice, class_hausdorff),
@@ -288,16 +339,83 @@ class _Tally:
             }
         return {
             "reading": self.reading.name,
-            "score": _combine(dice, hausdorff),
-            "dice": dice,
-            "hausdorff": hausdorff,
+            "score": _combine(dice.mean, hausdorff.mean),
+            "dice": dice.mean,
+            "hausdorff": hausdorff.mean,
             "per_class": per_class,
-            "num_dice_rows": dice_used,
-            "num_dice_rows_skipped": dice_skipped,
-            "num_hausdorff_volumes": volumes_used,
-            "num_hausdorff_skipped": volumes_skipped,
+            "num_dice_rows": dice.used,
+            "num_dice_rows_skipped": dice.skipped,
+            "num_hausdorff_volumes": hausdorff.used,
+            "num_hausdorff_skipped": hausdorff.skipped,
             "num_hausdorff_shortcut": self.shortcuts,
         }
+
+
+def _tallies_of_case_day(
+    readings: Sequence[Reading], pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> list[ReadingTally]:
+    """One case-day's validated bool pairs under several readings; each distance is computed
+    once per pixel layout and shared between the readings that use it."""
+    dice: list[dict[str, _Sums]] = [{} for _ in readings]
+    hausdorff: list[dict[str | None, _Sums]] = [{} for _ in readings]
+    shortcuts = [0] * len(readings)
+
+    def add_hausdorff(
+        index: int, key: str | None, prepared: dict[bool, HausdorffPair], pred, truth
+    ) -> None:
+        reading = readings[index]
+        if reading.column_major not in prepared:
+            prepared[reading.column_major] = HausdorffPair(
+                reading.layout(pred), reading.layout(truth)
+            )
+        term, shortcut = reading.hausdorff_of_pair(prepared[reading.column_major])
+        hausdorff[index][key] = _Sums.of([term])
+        shortcuts[index] += shortcut
+
+    for class_name, (pred, truth) in pairs.items():
+        counts = _dice_counts(pred, truth)
+        prepared: dict[bool, HausdorffPair] = {}
+        for index, reading in enumerate(readings):
+            dice[index][class_name] = _Sums.of(reading._dice_from_counts(*counts))
+            if reading.hausdorff_per_class:
+                add_hausdorff(index, class_name, prepared, pred, truth)
+    agnostic = [index for index, reading in enumerate(readings) if not reading.hausdorff_per_class]
+    if agnostic:
+        pred_union = np.logical_or.reduce([pred for pred, _ in pairs.values()])
+        truth_union = np.logical_or.reduce([truth for _, truth in pairs.values()])
+        prepared = {}
+        for index in agnostic:
+            add_hausdorff(index, None, prepared, pred_union, truth_union)
+    return [
+        ReadingTally(
+            reading, MappingProxyType(dice[i]), MappingProxyType(hausdorff[i]), shortcuts[i]
+        )
+        for i, reading in enumerate(readings)
+    ]
+
+
+def tally_case_day(
+    reading: str | Reading,
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    case_day: str = "case-day",
+) -> ReadingTally:
+    """The tally of one case-day under one reading.
+
+    Args:
+        reading: a name of :data:`READINGS` or a :class:`Reading`.
+        pairs: ``{class_name: (pred_vol, truth_vol)}``: the ``(D, H, W)`` masks of every class
+            of one case-day (row-major decoded, slices in slice-number order, all the same
+            shape). A class-agnostic reading ORs the classes given.
+        case_day: named in error messages.
+
+    Raises:
+        ValueError: no pairs, an unknown reading, or shapes that differ or are not 3D.
+    """
+    if not pairs:
+        raise ValueError(f"{case_day}: no classes to tally")
+    (chosen,) = resolve_readings(reading)
+    volumes = {(case_day, name): pair for name, pair in pairs.items()}
+    return _tallies_of_case_day([chosen], _load_case_day(volumes, case_day, list(pairs)))[0]
 
 
 def _load_case_day(
@@ -382,41 +500,20 @@ def score_readings(
     classes_of: dict[str, list[str]] = {}
     for case_day, class_name in volumes:
         classes_of.setdefault(case_day, []).append(class_name)
-    tallies = [_Tally(reading) for reading in chosen]
+    tallies = [ReadingTally(reading) for reading in chosen]
     volume_dice: dict[str, list[float]] = {}
     hd95: dict[str, list[float]] = {}
     num_slices = 0
     for case_day, class_names in classes_of.items():
         pairs = _load_case_day(volumes, case_day, class_names)
         num_slices += next(iter(pairs.values()))[0].shape[0]
-        for class_name, (pred, truth) in pairs.items():
-            counts = _dice_counts(pred, truth)
-            prepared: dict[bool, HausdorffPair] = {}  # per layout, shared between readings
-            for tally in tallies:
-                reading = tally.reading
-                tally.dice.setdefault(class_name, []).append(reading._dice_from_counts(*counts))
-                if reading.hausdorff_per_class:
-                    if reading.column_major not in prepared:
-                        prepared[reading.column_major] = HausdorffPair(
-                            reading.layout(pred), reading.layout(truth)
-                        )
-                    tally.add_hausdorff(class_name, prepared[reading.column_major])
-            if clinical:
+        case_day_tallies = _tallies_of_case_day(chosen, pairs)
+        tallies = [total + one for total, one in zip(tallies, case_day_tallies, strict=True)]
+        if clinical:
+            spacing = spacings.get(case_day, DEFAULT_SPACING_MM)
+            for class_name, (pred, truth) in pairs.items():
                 volume_dice.setdefault(class_name, []).append(dice_3d(pred, truth))
-                spacing = spacings.get(case_day, DEFAULT_SPACING_MM)
                 hd95.setdefault(class_name, []).append(hd95_mm(pred, truth, spacing))
-        agnostic = [tally for tally in tallies if not tally.reading.hausdorff_per_class]
-        if agnostic:
-            pred_union = np.logical_or.reduce([pred for pred, _ in pairs.values()])
-            truth_union = np.logical_or.reduce([truth for _, truth in pairs.values()])
-            prepared = {}
-            for tally in agnostic:
-                reading = tally.reading
-                if reading.column_major not in prepared:
-                    prepared[reading.column_major] = HausdorffPair(
-                        reading.layout(pred_union), reading.layout(truth_union)
-                    )
-                tally.add_hausdorff(None, prepared[reading.column_major])
 
     result: dict[str, Any] = {
         "readings": {tally.reading.name: tally.summary() for tally in tallies}

@@ -25,14 +25,14 @@ def is_remote(weights: str) -> bool:
     return str(weights).startswith(REMOTE_PREFIXES)
 
 
-def split_weights(weights: str | Sequence[str]) -> list[str]:
+def split_weights(weights: str | Sequence[str], required: bool = True) -> list[str]:
     """``MODEL.WEIGHTS`` may list several checkpoints, comma-separated, for a fold ensemble.
 
     Raises:
-        UWMInputError: nothing is listed.
+        UWMInputError: nothing is listed, and ``required``.
     """
     items = weights.split(",") if isinstance(weights, str) else list(weights)
     paths = [str(path).strip() for path in items if str(path).strip()]
-    if not paths:
+    if not paths and required:
         raise UWMInputError("no checkpoint given: set MODEL.WEIGHTS (comma-separate an ensemble)")
     return paths

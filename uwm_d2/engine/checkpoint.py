@@ -149,12 +149,50 @@ class DataOnlyCheckpointer(AtomicCheckpointer):
             raise pickle.UnpicklingError(f"expected a dict, found {type(loaded).__name__}")
         return loaded if "model" in loaded else {"model": loaded}
 
+    def _log_incompatible_keys(self, incompatible: Any) -> None:
+        """One line for a partial load (fvcore lists every missing key: hundreds of lines when
+        a Mask R-CNN starts from a semantic model's backbone)."""
+        model_keys = list(self.model.state_dict())
+        self.logger.info(partial_load_summary(model_keys, incompatible))
+
     def read(self, path: str) -> dict[str, Any]:
         """The checkpoint's content as data, or a one-line ``UWMInputError`` saying why not."""
         try:
             return self._load_file(path)
         except Exception as error:  # any failure to read it is the file's fault
             raise UWMInputError(f"checkpoint {path!r} {_read_failure(error)}") from None
+
+
+def _part(key: str) -> str:
+    """The part of the model a state-dict key belongs to: ``backbone``, ``roi_heads``, ..."""
+    return key.split(".", 1)[0]
+
+
+def _counted(keys: list[str]) -> str:
+    parts: dict[str, int] = {}
+    for key in keys:
+        parts[_part(key)] = parts.get(_part(key), 0) + 1
+    return ", ".join(f"{part} ({count} tensors)" for part, count in sorted(parts.items()))
+
+
+def partial_load_summary(model_keys: list[str], incompatible: Any) -> str:
+    """What loading a checkpoint into a model took and left, by part of the model, in one line.
+
+    ``incompatible`` is fvcore's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``,
+    ``incorrect_shapes``). A part is loaded when none of its tensors was missing or of another
+    shape; a part with some of each is named on both sides.
+    """
+    reshaped = [key for key, _, _ in incompatible.incorrect_shapes]
+    fresh = set(incompatible.missing_keys) | set(reshaped)
+    loaded = [key for key in model_keys if key not in fresh]
+    line = f"loaded from the checkpoint: {_counted(loaded) or 'nothing'}"
+    if fresh:
+        line += f"; starting fresh: {_counted(sorted(fresh))}"
+        if reshaped:
+            line += f", of which {len(reshaped)} had another shape in the checkpoint"
+    if incompatible.unexpected_keys:
+        line += f"; not used from the checkpoint: {_counted(incompatible.unexpected_keys)}"
+    return line
 
 
 def _read_failure(error: BaseException) -> str:
