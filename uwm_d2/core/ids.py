@@ -125,6 +125,11 @@ def format_scan_name(
     return ScanName(slice_number, width, height, spacing_x, spacing_y).file_name
 
 
+def class_order(name: str) -> tuple[int, str]:
+    """Sort key of class names: :data:`CLASSES` order, any other name after them by name."""
+    return (CLASSES.index(name) if name in CLASSES else len(CLASSES), name)
+
+
 def check_class(name: str) -> str:
     """Return ``name`` if it is one of :data:`CLASSES`; raise ``UWMInputError`` otherwise."""
     if name not in CLASSES:

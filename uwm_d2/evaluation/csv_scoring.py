@@ -6,7 +6,7 @@ file; read as empty, blank rows could even raise a score), and so is a row that 
 (it usually means the two files describe different data). Each (case_day, class) volume stacks
 the truth slices of that case-day in slice-number order; scan shapes and spacings come from the
 scan file names under ``data_root/train`` and ``data_root/test``. The math is
-:func:`uwm_d2.core.metrics.score_volumes`.
+:func:`uwm_d2.core.readings.score_volumes`.
 
 :func:`score_csv` scores one submission under a named reading of the metric, or all of them
 (:mod:`uwm_d2.core.readings`): ``project`` and ``competition`` from the truth and the scans,
@@ -36,8 +36,7 @@ from uwm_d2.core.layout_reader import (
     read_prediction_csv,
     row_context,
 )
-from uwm_d2.core.metrics import LazyVolumes, score_volumes
-from uwm_d2.core.readings import READINGS
+from uwm_d2.core.readings import READINGS, LazyVolumes, score_volumes
 from uwm_d2.evaluation.mlebench import answers_from_data_root, score_mlebench
 
 #: What :func:`score_csv` (``tools/evaluate.py --reading``) accepts: a reading, or ``all``.
@@ -92,7 +91,7 @@ def score_submission(
     readings: str | Sequence[str] = (),
     clinical: bool = True,
 ) -> dict[str, Any]:
-    """Score ``pred_csv`` against ``truth_csv``; see :func:`uwm_d2.core.metrics.score_volumes`.
+    """Score ``pred_csv`` against ``truth_csv``; see :func:`uwm_d2.core.readings.score_volumes`.
 
     Args:
         data_root: holds ``train/`` and/or ``test/`` with the scans the CSVs describe (only the

@@ -1,13 +1,13 @@
 """MLE-bench's grade of a submission against its answers, row by row and case-day by case-day.
 
-See :mod:`uwm_d2.evaluation.mlebench` for the rules reproduced. The Hausdorff term uses
-:data:`uwm_d2.core.readings.MLEBENCH` on volumes decoded here.
+See :mod:`uwm_d2.evaluation.mlebench` for the rules reproduced. The rows' Dice, the Hausdorff
+term and the score are :data:`uwm_d2.core.readings.MLEBENCH`'s, on masks decoded here: one
+:class:`~uwm_d2.core.readings.ReadingTally`, so one mean and one score formula for every reading.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ import pandas as pd
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, case_day_of
-from uwm_d2.core.metrics import DICE_WEIGHT, HAUSDORFF_WEIGHT, HausdorffPair
-from uwm_d2.core.readings import MLEBENCH
+from uwm_d2.core.metrics import HausdorffPair
+from uwm_d2.core.readings import MLEBENCH, ReadingTally
 from uwm_d2.evaluation.mlebench.decoding import fill_runs, mlebench_runs
 from uwm_d2.evaluation.mlebench.files import (
     REJECT,
@@ -48,13 +48,6 @@ def _line_up(answers: pd.DataFrame, submission: pd.DataFrame, name: str) -> None
             f"{row + 1} is {answers.at[row, 'id']} {answers.at[row, 'class']} (rows are matched "
             f"by position, in the sample submission's order)"
         )
-
-
-def _mean(values: Sequence[float] | np.ndarray) -> tuple[float | None, int, int]:
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    counted = ~np.isnan(values)
-    used = int(counted.sum())
-    return (float(values[counted].mean()) if used else None), used, int(values.size - used)
 
 
 def score_mlebench(
@@ -123,7 +116,8 @@ def score_mlebench(
     # Sorted as the grader sorts the ids (Python string order, stable); zero-padded slice numbers
     # make that slice order within a case-day, and every case-day's ids contiguous.
     order = sorted(range(len(ids)), key=ids.__getitem__)
-    dice = np.full(len(ids), np.nan)
+    intersections = np.zeros(len(ids), dtype=np.int64)
+    totals = np.zeros(len(ids), dtype=np.int64)
     terms: list[float] = []
     shortcuts = 0
     case_days: list[str] = []
@@ -143,9 +137,8 @@ def score_mlebench(
         for row in rows:
             pred = decode(submission, name, row)
             truth = decode(answers, answers_name, row)
-            total = int(np.count_nonzero(pred)) + int(np.count_nonzero(truth))
-            if total:
-                dice[row] = 2.0 * int(np.count_nonzero(pred & truth)) / total
+            intersections[row] = np.count_nonzero(pred & truth)
+            totals[row] = np.count_nonzero(pred) + np.count_nonzero(truth)
             pred_vol[depth[ids[row]]] |= pred
             truth_vol[depth[ids[row]]] |= truth
         term, shortcut = MLEBENCH.hausdorff_of_pair(HausdorffPair(pred_vol, truth_vol))
@@ -155,35 +148,17 @@ def score_mlebench(
         num_slices += len(slice_ids)
         start = stop
 
-    mean_dice, dice_used, dice_skipped = _mean(dice)
-    mean_hausdorff, volumes_used, volumes_skipped = _mean(terms)
-    score = (
-        None
-        if mean_dice is None or mean_hausdorff is None
-        else DICE_WEIGHT * mean_dice + HAUSDORFF_WEIGHT * (1.0 - mean_hausdorff)
-    )
+    dice = MLEBENCH.dice_from_counts(intersections, totals)  # NaN where both are empty
     class_array = np.asarray(classes)
-    per_class = {
-        class_name: {
-            "score": None,
-            "dice": _mean(dice[class_array == class_name])[0],
-            "hausdorff": None,
-        }
-        for class_name in CLASSES
-        if (class_array == class_name).any()
-    }
+    by_class = {name: dice[class_array == name] for name in CLASSES if (class_array == name).any()}
+    tally = ReadingTally.of_values(MLEBENCH, by_class, {None: terms}, shortcuts)
+    summary = tally.summary()
+    score = summary["score"]
     return {
-        "reading": MLEBENCH.name,
+        "reading": summary["reading"],
         "score": score,
         "score_rounded": None if score is None else round(score, REPORTED_DECIMALS),
-        "dice": mean_dice,
-        "hausdorff": mean_hausdorff,
-        "per_class": per_class,
-        "num_dice_rows": dice_used,
-        "num_dice_rows_skipped": dice_skipped,
-        "num_hausdorff_volumes": volumes_used,
-        "num_hausdorff_skipped": volumes_skipped,
-        "num_hausdorff_shortcut": shortcuts,
+        **{key: value for key, value in summary.items() if key not in ("reading", "score")},
         "num_rows": len(ids),
         "num_slices": num_slices,
         "num_case_days": len(case_days),
