@@ -20,23 +20,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from uwm_d2.core.errors import UWMInputError, UWMRunError, is_out_of_memory, one_line
+from uwm_d2.core.errors import (
+    INPUT_ERRORS,
+    UWMInputError,
+    UWMRunError,
+    is_out_of_memory,
+    one_line,
+)
 
 # Before torch loads: OpenMP threads that busy-wait for work stall each other whenever another
 # process (a data-loader worker, a second job) holds a core. Measured on the 2-core CPU: 9 s per
 # training iteration with the default policy against 1.4 s with PASSIVE. Users can still override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-#: Errors that mean "the user's input is wrong", not "the program is wrong": bad content, or a path
-#: that is missing, not allowed, or a file where a folder must be (``OUTPUT_DIR`` under a file).
-#: The OS errors' messages name the path.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    UWMInputError,
-    FileNotFoundError,
-    PermissionError,
-    NotADirectoryError,
-    IsADirectoryError,
-)
 
 #: Warnings that third-party code emits on every run and that a user cannot act on: fvcore scripts a
 #: function with ``torch.jit.script`` at import time, detectron2 calls ``torch.meshgrid`` without

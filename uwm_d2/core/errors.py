@@ -17,6 +17,18 @@ class UWMInputError(ValueError):
     """
 
 
+#: Errors that mean "the user's input is wrong", not "the program is wrong": bad content, or a path
+#: that is missing, not allowed, or a file where a folder must be (``OUTPUT_DIR`` under a file).
+#: The OS errors' messages name the path.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    UWMInputError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+
+
 class UWMRunError(RuntimeError):
     """A run that failed although its input was fine (e.g. training diverged).
 

@@ -51,7 +51,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from uwm_d2.core.errors import UWMInputError, UWMRunError, is_out_of_memory, one_line
+from uwm_d2.core.errors import (
+    INPUT_ERRORS,
+    UWMInputError,
+    UWMRunError,
+    is_out_of_memory,
+    one_line,
+)
 
 #: Environment variable: the process-group timeout in seconds (collectives and rendezvous).
 TIMEOUT_ENV = "UWM_DIST_TIMEOUT"
@@ -358,8 +364,6 @@ def _worker(
     import torch
     import torch.distributed as dist
     from detectron2.utils import comm
-
-    from uwm_d2.cli import INPUT_ERRORS
 
     rank = machine_rank * per_machine + local_rank
     if backend == "nccl":
