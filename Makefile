@@ -9,7 +9,7 @@ LEAVE_OUT ?=
 WHEELHOUSE ?= $(if $(PYTHON_VERSION),wheelhouse-cp$(subst .,,$(PYTHON_VERSION)),wheelhouse)
 D2_TESTS ?=
 
-.PHONY: help install lint format test test-detectron2 wheelhouse demo bench clean
+.PHONY: help install lint format test test-fast test-detectron2 wheelhouse demo bench clean
 
 # One line, before anything installs, when test-detectron2 has no test folder to run.
 ifneq ($(filter test-detectron2,$(MAKECMDGOALS)),)
@@ -38,6 +38,9 @@ format: install  ## apply ruff's formatting and safe fixes
 
 test: install lint wheelhouse  ## the whole test suite (lint included; builds the wheelhouse it tests)
 	$(PY) -m pytest -q
+
+test-fast: install  ## the edit-test loop: every test but those marked slow (trainings, installs)
+	$(PY) -m pytest -q -m "not slow"
 
 test-detectron2: install  ## detectron2 v0.6's own CPU tests from D2_TESTS=<v0.6 checkout>/tests
 	D2_TESTS="$(D2_TESTS)" $(PY) scripts/test_detectron2.py

@@ -28,7 +28,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from uwm_d2.config import build_cfg
-from uwm_d2.core.layout import index_scans
+from uwm_d2.core.layout_reader import index_scans
 from uwm_d2.core.merge import MergeRule
 from uwm_d2.data.inputs import build_model_input, neighbor_files
 from uwm_d2.inference.pipeline import predict_submission

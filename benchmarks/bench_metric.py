@@ -35,7 +35,7 @@ from scipy.spatial.distance import directed_hausdorff
 # Run as a plain script from anywhere: the package is used from the checkout, not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.metrics import normalized_hausdorff, score_volumes
+from uwm_d2.core.readings import PROJECT, score_volumes
 
 Volumes = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
 
@@ -161,7 +161,7 @@ def run_kind(kind: str, volumes: Volumes, brute_budget: float) -> dict[str, floa
     compared, worst, slowest_ratio = 0, 0.0, math.inf
     for (case_day, class_name), (pred, truth) in volumes.items():
         start = time.perf_counter()
-        ours = normalized_hausdorff(pred, truth)
+        ours = PROJECT.hausdorff(pred, truth)
         ours_seconds = time.perf_counter() - start
         totals["ours"] += ours_seconds
         start = time.perf_counter()

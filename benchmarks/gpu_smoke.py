@@ -12,7 +12,8 @@ AMP, (b) the from-scratch R50-FPN GN config at 384 px (img/s, peak GPU memory), 
 then the tool itself end to end, start-up included) and (d) the semantic demo config on CUDA.
 Each step appends one JSON line to the results file as soon as it ends: a step that fails records
 its error and the next one runs; a run cut short by a timeout keeps what it finished.
-``table`` prints the one table from such a file and needs neither torch nor a GPU.
+``table`` prints the one table from such a file and needs neither torch nor a GPU
+(``benchmarks/gpu_smoke_table.py``).
 
 Throughput is measured between iterations after a warm-up (data loading and hooks included, the
 final evaluation not); peak memory is ``torch.cuda.max_memory_allocated`` over the training
@@ -23,9 +24,7 @@ slowest case of the predictor's mask work.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -39,94 +38,16 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: The rows of the table, in order: (step key, what it is). Steps with no record show "not run".
-STEPS: tuple[tuple[str, str], ...] = (
-    ("install", "install from the wheel folder"),
-    ("data", "phantom data and COCO files"),
-    ("instant-amp", "(a) instant R18-FPN, CUDA + AMP"),
-    ("r50-gn-384", "(b) R50-FPN GN from scratch, 384 px, AMP"),
-    ("infer", "(c) infer_submit predictor, R50 GN"),
-    ("infer-tta", "(c) infer_submit predictor, flip TTA"),
-    ("infer-cli", "(c) tools/infer_submit.py end to end"),
-    ("semantic", "(d) semantic R18-FPN demo config, CUDA"),
+# The report half (no torch) lives beside this file; run as a script, benchmarks/ is on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_smoke_table import (  # noqa: E402
+    LABELS,
+    STEPS,
+    append_record,
+    duration,
+    format_table,
+    read_records,
 )
-LABELS = dict(STEPS)
-
-
-def append_record(results: Path, record: dict[str, Any]) -> None:
-    """One JSON line per finished step, flushed at once (a killed run keeps what it wrote)."""
-    with results.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def read_records(results: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The environment record and the last record of each step (unreadable lines skipped)."""
-    env: dict[str, Any] = {}
-    steps: dict[str, dict[str, Any]] = {}
-    if results.is_file():
-        for line in results.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by a kill
-            if record.get("step") == "env":
-                env = record
-            elif "step" in record:
-                steps[record["step"]] = record
-    return env, steps
-
-
-def _number(value: float | None, digits: int = 1, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return f"{value:.{digits}f}{unit}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = round(seconds)
-    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
-
-
-def format_table(env: dict[str, Any], steps: dict[str, dict[str, Any]]) -> str:
-    """The one table: a line about the machine, then a markdown table with one row per step."""
-    header = (
-        f"GPU smoke: {env.get('gpu', 'GPU unknown')}, torch {env.get('torch', '?')} "
-        f"(CUDA {env.get('cuda', '?')}), Python {env.get('python', '?')}"
-    )
-    rows = [
-        header,
-        "",
-        "| step | result | s/iter | throughput | peak GPU memory | wall | notes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key, label in STEPS:
-        record = steps.get(key)
-        if record is None:
-            rows.append(f"| {label} | not run (stopped or timed out before it) | | | | | |")
-            continue
-        if record.get("ok", False):
-            result = "ok"
-        else:
-            error = " ".join(str(record.get("error") or "failed").split())
-            result = "FAILED: " + (error if len(error) <= 120 else error[:117] + "...")
-        rate = record.get("rate")
-        throughput = f"{_number(rate)} {record.get('unit', '')}".strip() if rate else ""
-        peak = record.get("peak_gib")
-        cells = [
-            label,
-            result,
-            _number(record.get("s_per_iter"), 3),
-            throughput,
-            _number(peak, 2, " GiB") if peak is not None else "",
-            _duration(record.get("wall_s")),
-            str(record.get("note") or ""),
-        ]
-        # A "|" inside a cell (an error message) would split the row.
-        rows.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
-    return "\n".join(rows)
-
 
 # ----------------------------------------------------------------------------------------------
 # Measurements (need torch, detectron2, uwm_d2 and a CUDA device).
@@ -152,7 +73,7 @@ def _timed_step(
     record["wall_s"] = time.perf_counter() - started
     append_record(results, record)
     status = "ok" if record["ok"] else record["error"]
-    print(f"gpu_smoke: {LABELS[key]}: {status} ({_duration(record['wall_s'])})", file=sys.stderr)
+    print(f"gpu_smoke: {LABELS[key]}: {status} ({duration(record['wall_s'])})", file=sys.stderr)
     return record
 
 

@@ -66,7 +66,7 @@ else
     "$PY" - "$OUT/coco/val_fold0.json" "$DATA/train.csv" "$SAMPLE" "$TRUTH" <<'PYTHON'
 import json, sys
 import pandas as pd
-from uwm_d2.core.layout import read_label_csv
+from uwm_d2.core.layout_reader import read_label_csv
 val, labels, sample, truth = sys.argv[1:]
 ids = {image["slice_id"] for image in json.load(open(val))["images"]}
 rows = read_label_csv(labels)
@@ -83,14 +83,14 @@ step "4/6 submission for $SPLIT scans (flip TTA) -> $OUT/submission.csv"
 
 step "5/6 scoring -> $OUT/score.json (every reading of the metric), $OUT/baseline.json"
 "$PY" tools/evaluate.py --data-root "$DATA" --truth "$TRUTH" --pred "$OUT/submission.csv" \
-    --rules all --json "$OUT/score.json" > /dev/null
+    --reading all --json "$OUT/score.json" > /dev/null
 "$PY" tools/evaluate.py --data-root "$DATA" --truth "$TRUTH" --pred "$SAMPLE" \
     --json "$OUT/baseline.json" > /dev/null 2>&1
 
 step "6/6 pictures -> $OUT/pictures"
 first_case_day="$("$PY" -c "
 import sys
-from uwm_d2.core.layout import read_label_csv
+from uwm_d2.core.layout_reader import read_label_csv
 print(sorted({i.rsplit('_slice_', 1)[0] for i in read_label_csv(sys.argv[1])['id']})[0])
 " "$TRUTH")"
 "$PY" tools/visualize.py --data-root "$DATA" --split "$SPLIT" --case-day "$first_case_day" \

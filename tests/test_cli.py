@@ -1,11 +1,14 @@
-"""``uwm_d2.cli.run_main``: every way a tool can end is one quiet line at most, with its status.
+"""``uwm_d2.cli``: every way a tool can end is one quiet line at most, with its status; every
+tool's parser is built one way.
 
 Input errors exit 2, GPU out-of-memory 3, an interrupt 130, a closed output pipe 0 with nothing on
-stderr; a programming error keeps its traceback.
+stderr; a programming error keeps its traceback. The parser helpers take ``--help`` from the
+docstring, give the model arguments one spelling, and refuse a flag after the overrides.
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import textwrap
@@ -15,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import add_model_arguments, parse_tool_args, run_main, tool_parser
 from uwm_d2.core.errors import UWMInputError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .conftest import REPO_ROOT, tool_env
 
 
 def _run(main: Callable[[], int | None], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -134,6 +137,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, str(script)],
         cwd=REPO_ROOT,
+        env=tool_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -159,3 +163,63 @@ def test_a_failed_run_on_good_input_is_one_line_and_status_1(
     assert capsys.readouterr().err == (
         "error: training diverged at iteration 35 (loss is NaN); ...\n"
     )
+
+
+DOC = """Do one thing to a data root.
+
+More about it.
+
+Examples:
+  python tools/thing.py --out x
+"""
+
+
+def test_tool_parser_takes_its_help_from_the_docstring(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = tool_parser(DOC)
+    parser.add_argument("--out")
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "Do one thing to a data root.\n" in text
+    assert text.rstrip().endswith("More about it.\n\nExamples:\n  python tools/thing.py --out x")
+    with pytest.raises(ValueError, match="Examples:"):
+        tool_parser("Do one thing.\n\nNo examples here.")
+
+
+def _model_parser(**keywords: bool) -> argparse.ArgumentParser:
+    parser = tool_parser(DOC)
+    parser.add_argument("--out")
+    add_model_arguments(parser, **keywords)
+    return parser
+
+
+def test_model_arguments_and_their_overrides() -> None:
+    args = parse_tool_args(
+        _model_parser(),
+        ["--config-file", "c.yaml", "--tta", "--batch-size", "4", "--out", "x", "A.B", "1"],
+    )
+    assert (args.config_file, args.ensemble, args.tta, args.batch_size) == ("c.yaml", None, True, 4)
+    assert (args.out, args.opts) == ("x", ["A.B", "1"])
+    args = parse_tool_args(_model_parser(), ["--ensemble", "e.yaml"])
+    assert (str(args.ensemble), args.config_file, args.opts) == ("e.yaml", None, [])
+    plain = parse_tool_args(_model_parser(ensemble=False, inference=False), ["--config-file", "c"])
+    assert not hasattr(plain, "ensemble") and not hasattr(plain, "tta")
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--config-file", "c.yaml", "--ensemble", "e.yaml"]], ids=["none", "both"]
+)
+def test_exactly_one_model_source(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_tool_args(_model_parser(), argv)
+    assert exited.value.code == 2
+    assert "--config-file" in capsys.readouterr().err
+
+
+def test_a_flag_after_the_overrides_is_named() -> None:
+    argv = ["--config-file", "c.yaml", "MODEL.WEIGHTS", "w.pth", "--tta"]
+    with pytest.raises(UWMInputError, match="flag --tta comes after the KEY VALUE overrides"):
+        parse_tool_args(_model_parser(), argv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,10 @@ from detectron2.config import get_cfg
 from uwm_d2.config import add_uwm_config, build_cfg
 from uwm_d2.core.errors import UWMInputError
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import INSTANT_CONFIG, REPO_ROOT, tool_env
+
 #: Every shipped config but Base-UWM.yaml, the kind-agnostic base of the others (no model alone).
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.name != "Base-UWM.yaml")
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if p.name != "Base-UWM.yaml")
 CPU = ["MODEL.DEVICE", "cpu"]
 
 
@@ -36,7 +35,7 @@ def test_add_uwm_config_defaults() -> None:
 
 def test_every_uwm_key_has_a_comment() -> None:
     """detectron2's convention: a one-line comment above every key of add_<project>_config."""
-    lines = (REPO / "uwm_d2" / "config.py").read_text().splitlines()
+    lines = (REPO_ROOT / "uwm_d2" / "config.py").read_text().splitlines()
     keys = [i for i, line in enumerate(lines) if line.strip().startswith("_C.UWM.")]
     assert len(keys) > 20
     for i in keys:
@@ -61,7 +60,7 @@ def test_shipped_configs_build(path: Path) -> None:
     for line in text.splitlines():
         if line.startswith("_BASE_"):
             base = (path.parent / line.split(":", 1)[1].strip().strip("\"'")).resolve()
-            assert base.is_relative_to(REPO / "configs") and base.is_file()
+            assert base.is_relative_to(REPO_ROOT / "configs") and base.is_file()
 
 
 def test_scratch_configs_do_not_use_frozen_bn() -> None:
@@ -86,13 +85,13 @@ def test_scratch_configs_do_not_use_frozen_bn() -> None:
 )
 def test_bad_overrides_are_one_line_errors(opts: list[str], match: str) -> None:
     with pytest.raises(UWMInputError, match=match) as error:
-        build_cfg(INSTANT, opts)
+        build_cfg(INSTANT_CONFIG, opts)
     assert "\n" not in str(error.value)
 
 
 def test_unknown_key_in_a_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(f'_BASE_: "{INSTANT}"\nUWM:\n  NOT_A_KEY: 3\n')
+    path.write_text(f'_BASE_: "{INSTANT_CONFIG}"\nUWM:\n  NOT_A_KEY: 3\n')
     with pytest.raises(UWMInputError, match=r"UWM\.NOT_A_KEY") as error:
         build_cfg(path)
     assert "\n" not in str(error.value)
@@ -103,16 +102,16 @@ def test_unknown_key_in_a_file(tmp_path: Path) -> None:
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_one_line() -> None:
     with pytest.raises(UWMInputError, match=r"no CUDA GPU is available; add MODEL\.DEVICE cpu"):
-        build_cfg(INSTANT, ["MODEL.DEVICE", "cuda"])
+        build_cfg(INSTANT_CONFIG, ["MODEL.DEVICE", "cuda"])
 
 
 def test_train_net_prints_one_line_for_an_unknown_key(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "tools" / "train_net.py"),
+            str(REPO_ROOT / "tools" / "train_net.py"),
             "--config-file",
-            str(INSTANT),
+            str(INSTANT_CONFIG),
             "OUTPUT_DIR",
             str(tmp_path / "out"),
             "UWM.NOT_A_KEY",
@@ -120,7 +119,7 @@ def test_train_net_prints_one_line_for_an_unknown_key(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=tool_env(OMP_NUM_THREADS="1"),
         timeout=300,
     )
     assert result.returncode == 2
@@ -133,7 +132,7 @@ def test_train_net_prints_one_line_for_an_unknown_key(tmp_path: Path) -> None:
 def test_config_docs_are_current() -> None:
     """docs/config.md is generated from add_uwm_config: it must match the code."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "config_docs.py"), "--check"],
+        [sys.executable, str(REPO_ROOT / "scripts" / "config_docs.py"), "--check"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,16 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO_ROOT
 
 
 def _demo(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(REPO / "scripts" / "demo.sh"), sys.executable, str(out)],
+        ["bash", str(REPO_ROOT / "scripts" / "demo.sh"), sys.executable, str(out)],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
 
 

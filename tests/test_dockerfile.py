@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .conftest import REPO_ROOT
+
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 
 

@@ -19,7 +19,8 @@ from types import ModuleType
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .conftest import REPO_ROOT
+
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_smoke.sh"
 HELPER = REPO_ROOT / "benchmarks" / "gpu_smoke.py"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .conftest import REPO_ROOT
+
 INSTALL = REPO_ROOT / "scripts" / "install.sh"
 VENV = REPO_ROOT / ".venv"
 NOISE = (

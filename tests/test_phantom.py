@@ -23,15 +23,16 @@ from scipy import ndimage
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, parse_scan_name
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv, read_prediction_csv
 from uwm_d2.core.rle import rle_decode
 from uwm_d2.phantom import GEOMETRIES, make_phantom
+
+from .conftest import REPO_ROOT
 
 SMALL = {"cases": 2, "test_cases": 1, "max_slices": 6, "days_per_case": 2, "progress": False}
 #: 3 training cases x 2 days (one later day moved to test/) + 1 unseen test case x 2 days: 8
 #: case-days of 40 slices each, sampled over the full height of the anatomy.
 REALISM = {"cases": 3, "test_cases": 1, "days_per_case": 2, "max_slices": 40}
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digest(root: Path) -> dict[str, str]:

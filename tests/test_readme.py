@@ -22,25 +22,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import INSTANT_CONFIGS, REPO_ROOT
 
 #: README text → what the test runs instead: the same commands at smoke-test sizes.
 SMALLER = {
     "--cases 8 --test-cases 2 --max-slices 40": "--cases 3 --test-cases 1 --max-slices 8",
     "--folds 4": "--folds 2",
     "UWM.NUM_FOLDS 4": "UWM.NUM_FOLDS 2",
-    "configs/demo/semantic_R_18_FPN_cpu_demo.yaml": (
-        "configs/quick_schedules/semantic_R_18_FPN_instant_test.yaml"
-    ),
-    "configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml": (
-        "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
-    ),
+    "configs/demo/semantic_R_18_FPN_cpu_demo.yaml": INSTANT_CONFIGS["semantic"],
+    "configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml": INSTANT_CONFIGS["mask_rcnn"],
     "SOLVER.MAX_ITER 400": "SOLVER.MAX_ITER 8",
 }
 
 
 def quickstart() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO_ROOT / "README.md").read_text()
     match = re.search(r"<!-- quickstart -->\s*```bash\n(.*?)```\s*<!-- /quickstart -->", text, re.S)
     assert match, "README.md has no quick-start block between <!-- quickstart --> markers"
     return match.group(1)
@@ -58,7 +54,7 @@ def test_readme_quick_start_runs(tmp_path: Path) -> None:
     for original, smaller in SMALLER.items():
         script = script.replace(original, smaller)
     for name in ("tools", "configs", ".venv"):
-        (tmp_path / name).symlink_to(REPO / name)
+        (tmp_path / name).symlink_to(REPO_ROOT / name)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("VIRTUAL_ENV", None)
     result = subprocess.run(

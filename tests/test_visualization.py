@@ -106,7 +106,7 @@ def test_an_unknown_case_day_error_lists_the_case_days_there(phantom_root, tmp_p
     import pytest
 
     from uwm_d2.core.errors import UWMInputError
-    from uwm_d2.core.layout import index_scans
+    from uwm_d2.core.layout_reader import index_scans
     from uwm_d2.visualization import render_case_day
 
     known = sorted(set(index_scans(phantom_root, "test")["case_day"]))

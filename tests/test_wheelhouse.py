@@ -33,12 +33,12 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .conftest import INSTANT_CONFIGS, REPO_ROOT
+
 WHEELHOUSE = REPO_ROOT / "wheelhouse"
 GPU_SMOKE = REPO_ROOT / "benchmarks" / "gpu_smoke.sh"
 #: torchvision's own requirements that the wheel folder must supply (uwm_d2 needs them too).
 NOT_LINKED = frozenset({"numpy", "pillow"})
-INSTANT = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -277,7 +277,7 @@ def test_infer_submit_runs_from_the_offline_install(
 
     data_root = tiny_phantom_factory()
     checkpoint = tmp_path / "model.pth"
-    cfg = build_cfg(REPO_ROOT / INSTANT, ["MODEL.DEVICE", "cpu"])
+    cfg = build_cfg(REPO_ROOT / INSTANT_CONFIGS["mask_rcnn"], ["MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)
     torch.save({"model": build_model(cfg).state_dict()}, checkpoint)
     # What a notebook gets as a dataset: the tool and the configs, next to the wheel folder.
@@ -289,7 +289,7 @@ def test_infer_submit_runs_from_the_offline_install(
     run_in(
         env,
         str(dataset / "tools" / "infer_submit.py"),
-        "--config-file", str(dataset / INSTANT), "--data-root", str(data_root),
+        "--config-file", str(dataset / INSTANT_CONFIGS["mask_rcnn"]), "--data-root", str(data_root),
         "--out", str(out), "MODEL.WEIGHTS", str(checkpoint), "MODEL.DEVICE", "cpu",
         cwd=tmp_path, timeout=600,
     )  # fmt: skip

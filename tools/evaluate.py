@@ -1,29 +1,13 @@
 """Score a submission CSV against the truth with the competition metric; print JSON.
 
-Prints one line per reading of the metric (``score S (dice D, hausdorff H) on N slices, M case-days
-[reading]``) and the whole result as JSON: with ``--json FILE`` the JSON goes to the file and the
+Prints one line per reading of the metric ("score S (dice D, hausdorff H) on N slices, M case-days
+[reading]") and the whole result as JSON: with --json FILE the JSON goes to the file and the
 summary lines to stdout; without it the JSON goes to stdout and the summary lines to stderr, so
-``evaluate ... > scores.json`` keeps only the JSON. A submission must hold every (id, class) row of
-the truth, under every reading. The readings (``--rules``) are ``uwm_d2.core.readings``'s;
-``mlebench`` is MLE-bench's grader itself (``uwm_d2.evaluation.mlebench``). The logic is
-``uwm_d2.evaluation.csv_scoring.score_rules``.
-"""
+"evaluate ... > scores.json" keeps only the JSON. A submission must hold every (id, class) row of
+the truth, under every reading. The readings are uwm_d2.core.readings'; mlebench is MLE-bench's
+grader itself (uwm_d2.evaluation.mlebench); the logic is uwm_d2.evaluation.csv_scoring.
 
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from uwm_d2.cli import run_main
-from uwm_d2.core.errors import UWMInputError
-
-# Listed here rather than imported: ``--help`` must not wait for pandas and scipy.
-RULES = ("project", "competition", "mlebench", "all")
-
-EPILOG = """\
-readings (--rules):
+readings (--reading; --rules, its old name, is still accepted):
   project      this project's reading, the community's CV code (default): Dice 1 for an empty
                pair, Hausdorff per (case-day, class), unit spacing / volume diagonal.
                JSON as before: score, dice, hausdorff, per_class, clinical, num_slices, ...
@@ -41,35 +25,44 @@ truth:
   --data-root + --truth  the scans (only their file names are read: sizes, spacings) and the
                          truth CSV id,class,segmentation; every reading.
   --answers              MLE-bench's answers file id,class,predicted,image_width,image_height
-                         (its private test.csv); no data root; --rules mlebench only (default).
+                         (its private test.csv); no data root; --reading mlebench only (default).
 
 Examples:
-  # this project's reading (the default: --rules project may be left out), also to scores.json
+  # this project's reading (the default: --reading project may be left out), also to scores.json
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --rules project --json scores.json
+      --pred submission.csv --reading project --json scores.json
   # the competition page's reading
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --rules competition
+      --pred submission.csv --reading competition
   # MLE-bench's grader, the answers built from the truth CSV and the scans
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --rules mlebench
+      --pred submission.csv --reading mlebench
   # every reading side by side; the summary lines go to stderr, the JSON to the file
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --rules all > scores.json
+      --pred submission.csv --reading all > scores.json
   # per organ and case-day: volumes in mL, their difference, 3D Dice and HD95 (mm), as CSV
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
       --pred submission.csv --volumes volume_comparison.csv
   # MLE-bench's grader with its own answers file (no data root needed)
-  python tools/evaluate.py --answers answers.csv --pred submission.csv --rules mlebench
+  python tools/evaluate.py --answers answers.csv --pred submission.csv --reading mlebench
 """
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from uwm_d2.cli import parse_tool_args, run_main, tool_parser
+from uwm_d2.core.errors import UWMInputError
+
+# Listed here rather than imported: ``--help`` must not wait for pandas and scipy.
+READING_CHOICES = ("project", "competition", "mlebench", "all")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--data-root", type=Path, default=None, help="folder with the scans (train/, test/)"
     )
@@ -87,10 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pred", type=Path, required=True, help="submission CSV (id,class,predicted)"
     )
     parser.add_argument(
-        "--rules",
-        choices=RULES,
+        "--reading",
+        choices=READING_CHOICES,
         default=None,
         help="reading of the metric (default: project; mlebench with --answers)",
+    )
+    # The flag's first name; users' scripts may still say it.
+    parser.add_argument(
+        "--rules", dest="reading", choices=READING_CHOICES, default=None, help=argparse.SUPPRESS
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
@@ -101,34 +98,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write one row per (case_day, class): voxels and mL of truth and prediction, "
         "their difference (mL, %%), 3D Dice and HD95 in mm (needs --data-root and --truth)",
     )
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv)
 
 
 def _check_sources(args: argparse.Namespace) -> str:
-    """The rules to score under, or a one-line error naming the flags that do not go together."""
+    """The reading to score under, or a one-line error naming the flags that do not go together."""
     if args.answers is not None:
         if args.data_root is not None or args.truth is not None:
             raise UWMInputError("--answers replaces --data-root and --truth: give one or the other")
-        rules = args.rules or "mlebench"
-        if rules != "mlebench":
+        reading = args.reading or "mlebench"
+        if reading != "mlebench":
             raise UWMInputError(
-                f"--rules {rules} needs the scans' geometry from a data root (--data-root and "
-                f"--truth); an --answers file alone is scored under --rules mlebench only"
+                f"--reading {reading} needs the scans' geometry from a data root (--data-root and "
+                f"--truth); an --answers file alone is scored under --reading mlebench only"
             )
-        return rules
+        return reading
     if args.data_root is None or args.truth is None:
         missing = "--truth" if args.data_root is not None else "--data-root"
         raise UWMInputError(
             f"missing {missing}: give --data-root and --truth, or --answers (MLE-bench's answers)"
         )
-    return args.rules or "project"
+    return args.reading or "project"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    rules = _check_sources(args)
+    reading = _check_sources(args)
     from uwm_d2.core.atomic import atomic_write_text, check_writable_target
-    from uwm_d2.evaluation.csv_scoring import score_rules, summary_lines
+    from uwm_d2.evaluation.csv_scoring import score_csv, summary_lines
 
     if args.json is not None:
         check_writable_target(args.json)  # fail before the slow part
@@ -136,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.answers is not None:
             raise UWMInputError("--volumes needs the scans' spacings: give --data-root and --truth")
         check_writable_target(args.volumes)
-    result = score_rules(
+    result = score_csv(
         args.pred,
-        rules,
+        reading,
         data_root=args.data_root,
         truth_csv=args.truth,
         answers_csv=args.answers,
@@ -154,9 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.json is not None:
         # The JSON goes to its file; the terminal gets the summary, not 150 lines of JSON.
         atomic_write_text(args.json, text + "\n")
-        print("\n".join(summary_lines(result, rules)))
+        print("\n".join(summary_lines(result, reading)))
     else:
-        for line in summary_lines(result, rules):
+        for line in summary_lines(result, reading):
             print(line, file=sys.stderr)
         sys.stderr.flush()  # the human lines before the JSON when both go to one terminal
         print(text)

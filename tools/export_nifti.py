@@ -26,15 +26,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import parse_tool_args, run_main, tool_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="\n".join(__doc__.splitlines()[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--data-root", required=True, type=Path, help="competition-layout root")
     parser.add_argument(
         "--labels",
@@ -59,12 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--volumes", type=Path, default=None, metavar="CSV", help="also write organ volumes here"
     )
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from uwm_d2.core.nifti import export_case_days
+    from uwm_d2.data.nifti_export import export_case_days
 
     summary = export_case_days(
         args.data_root,

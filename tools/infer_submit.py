@@ -9,7 +9,7 @@ Examples:
         --data-root demo_output/data --tta --out demo_output/submission.csv \\
         MODEL.WEIGHTS demo_output/train/model_final.pth MODEL.DEVICE cpu
 
-    python tools/infer_submit.py --ensemble ensemble.yaml --data-root DATA --tta \
+    python tools/infer_submit.py --ensemble ensemble.yaml --data-root DATA --tta \\
         --out submission.csv MODEL.DEVICE cuda
 
 Rows follow the sample submission (default ROOT/sample_submission.csv; a sample with no rows gives a
@@ -22,23 +22,19 @@ A checkpoint is code: load only checkpoints from a source you trust.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import (
+    add_model_arguments,
+    parse_tool_args,
+    predictor_from_args,
+    run_main,
+    tool_parser,
+)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="\n".join(__doc__.splitlines()[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    models = parser.add_mutually_exclusive_group(required=True)
-    models.add_argument("--config-file", help="the config the model was trained with")
-    models.add_argument(
-        "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
-    )
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = tool_parser(__doc__)
     parser.add_argument("--data-root", required=True, type=Path, help="competition-layout root")
     parser.add_argument("--split", default="test", help="sub-folder of scans (default: test)")
     parser.add_argument(
@@ -47,22 +43,12 @@ def parse_args() -> argparse.Namespace:
         help="rows to fill, in order (default: ROOT/sample_submission.csv if it exists)",
     )
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
-    parser.add_argument(
-        "--tta", action="store_true", help="average with horizontally flipped input"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        help="slices per forward pass (default: 8 on a GPU; 1 on the CPU: batches are slower)",
-    )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
-    )
-    return parser.parse_args()
+    add_model_arguments(parser)
+    return parse_tool_args(parser, argv)
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from uwm_d2.core.atomic import check_writable_target
     from uwm_d2.inference.submission import read_sample_submission
 
@@ -71,16 +57,9 @@ def main() -> int:
     sample = args.sample_submission or args.data_root / "sample_submission.csv"
     if args.sample_submission is not None or sample.is_file():
         read_sample_submission(sample)
-    from detectron2.utils.logger import setup_logger
-
-    from uwm_d2.inference.ensemble import build_predictor
     from uwm_d2.inference.pipeline import predict_submission
 
-    setup_logger(name="uwm_d2", abbrev_name="uwm")
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
-    predictor = build_predictor(
-        args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
-    )
+    predictor = predictor_from_args(args)
     summary = predict_submission(
         predictor,
         args.data_root,

@@ -4,7 +4,7 @@ Examples:
     # the phantom of `make demo`, 4 folds grouped by case
     python tools/make_coco.py --data-root demo_output/data --out demo_output/coco --folds 4
     # the competition's data, 5 folds, without the case-days whose labels are known to be wrong
-    python tools/make_coco.py --data-root /data/uw-madison-gi-tract-image-segmentation \
+    python tools/make_coco.py --data-root /data/uw-madison-gi-tract-image-segmentation \\
         --out /data/coco --folds 5 --exclude-bad
 
 Every training slice becomes one image (empty slices included); every 8-connected component of a
@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import parse_tool_args, run_main, tool_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--data-root", type=Path, required=True, help="folder with train.csv and train/"
     )
@@ -46,11 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="worker processes (default: one per 1,000 slices, at most all CPUs)",
     )
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from uwm_d2.data.coco import make_coco
 
     build = make_coco(

@@ -1,22 +1,9 @@
 """Write a synthetic data root in the competition layout (train/, test/, train.csv, ...).
 
-Example::
-
-    python tools/make_phantom.py --out data/phantom --cases 6 --test-cases 2 --seed 0
-
-Missing parent folders of ``--out`` are created (and removed again if the run then fails on bad
+Missing parent folders of --out are created (and removed again if the run then fails on bad
 input, so nothing is left behind). The result is byte-identical for the same arguments; see
-:mod:`uwm_d2.phantom` for what it holds.
-"""
+uwm_d2.phantom for what it holds.
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-
-from uwm_d2.cli import int_at_least, run_main
-
-EXAMPLES = """\
 Examples:
   # the demo's data root: 6 training cases, 2 unseen test cases (data/ is created if missing)
   python tools/make_phantom.py --out data/phantom
@@ -28,13 +15,16 @@ Examples:
   python tools/make_phantom.py --out data/phantom_seed1 --days 2 --seed 1
 """
 
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from uwm_d2.cli import int_at_least, parse_tool_args, run_main, tool_parser
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--out",
         type=Path,
@@ -63,11 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int_at_least(1), default=None, help="worker processes (default: all CPUs)"
     )
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     # Imported here so that --help stays instant.
     from uwm_d2.phantom import make_phantom
 

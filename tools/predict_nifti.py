@@ -28,23 +28,19 @@ A checkpoint is code: load only checkpoints from a source you trust.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import (
+    add_model_arguments,
+    parse_tool_args,
+    predictor_from_args,
+    run_main,
+    tool_parser,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="\n".join(__doc__.splitlines()[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    models = parser.add_mutually_exclusive_group(required=True)
-    models.add_argument("--config-file", help="the config the model was trained with")
-    models.add_argument(
-        "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--input",
         action="append",
@@ -55,9 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
-        "--tta", action="store_true", help="average with horizontally flipped input"
-    )
-    parser.add_argument(
         "--per-class", action="store_true", help="also write one 0/1 mask file per class"
     )
     parser.add_argument(
@@ -65,15 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="turn the volume to LPS axes by its affine before predicting (and back after)",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        help="slices per forward pass (default: 8 on a GPU; 1 on the CPU: batches are slower)",
-    )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
-    )
-    return parser.parse_args(argv)
+    add_model_arguments(parser)
+    return parse_tool_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,16 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Cheap checks first, before torch and detectron2 load (several seconds).
     check_inputs(args.input, args.out)
-    from detectron2.utils.logger import setup_logger
-
-    from uwm_d2.inference.ensemble import build_predictor
     from uwm_d2.inference.nifti import predict_nifti_files
 
-    setup_logger(name="uwm_d2", abbrev_name="uwm")
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
-    predictor = build_predictor(
-        args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
-    )
+    predictor = predictor_from_args(args)
     summary = predict_nifti_files(
         predictor, args.input, args.out, per_class=args.per_class, reorient=args.reorient
     )

@@ -1,12 +1,45 @@
 #!/usr/bin/env python
-"""Train (or evaluate) a uwm_d2 model on the UW-Madison GI tract data: detectron2's train_net shape.
+"""Train or evaluate a uwm_d2 model (Mask R-CNN, semantic or both) on the UW-Madison GI tract data.
 
-``setup`` → ``main`` → ``launch``, as detectron2's tools; the project's checks and arguments live
-in :mod:`uwm_d2.engine.prepare`, the trainer in :mod:`uwm_d2.engine`. ``--help`` lists the configs,
-the common overrides and examples. Multi-process runs go through :mod:`uwm_d2.engine.launch`:
-gloo with ``MODEL.DEVICE cpu`` (``--num-gpus`` is then the number of CPU processes), NCCL on CUDA;
-``UWM_DIST_TIMEOUT`` (seconds) bounds the wait for a hung peer. Input errors print one line
-(exit 2), a failed run one line (exit 1); nothing is written before every check passed.
+detectron2's train_net shape (setup -> run in every process -> launch), with this project's data,
+metric and checks (uwm_d2.engine.prepare) and trainer (uwm_d2.engine). Input errors print one
+line (exit 2), a failed run one line (exit 1); nothing is written before every check passed.
+Multi-process runs use gloo with MODEL.DEVICE cpu (--num-gpus is then the number of CPU
+processes), NCCL on CUDA; UWM_DIST_TIMEOUT (seconds) bounds the wait for a hung peer.
+
+configs (configs/):
+  demo/semantic_R_18_FPN_cpu_demo.yaml     make demo's model: per-class sigmoid maps, CPU
+  demo/mask_rcnn_R_18_FPN_cpu_demo.yaml    Mask R-CNN at the demo size, CPU
+  demo/panoptic_fpn_R_18_cpu_demo.yaml     both heads on one backbone, CPU
+  quick_schedules/*_instant_test.yaml      6 iterations of each kind: smoke tests
+  mask_rcnn_R_50_FPN_3x_uwm.yaml           GPU, from COCO weights (downloads once)
+  mask_rcnn_R_101_FPN_3x_uwm.yaml          GPU, from COCO weights (downloads once)
+  mask_rcnn_R_50_FPN_gn_scratch_uwm.yaml   GPU, from scratch (no download)
+  semantic_R_50_FPN_3x_uwm.yaml, panoptic_fpn_R_50_3x_uwm.yaml   GPU, the other kinds
+
+common overrides (KEY VALUE, after every flag; all keys: docs/config.md):
+  UWM.DATA_ROOT DIR        the competition-layout data (train.csv, train/)
+  UWM.COCO_DIR DIR         its COCO files (built there first if missing); default OUTPUT_DIR/coco
+  UWM.FOLD K               the validation fold (uwm_train / uwm_val follow it)
+  OUTPUT_DIR DIR           checkpoints, metrics.json, log.txt
+  MODEL.DEVICE cpu|cuda    SOLVER.MAX_ITER N    SOLVER.IMS_PER_BATCH N    SOLVER.BASE_LR X
+  MODEL.WEIGHTS FILE       start from (or, with --eval-only, score) this checkpoint
+
+Examples:
+  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
+      UWM.DATA_ROOT demo_output/data OUTPUT_DIR out/semantic
+  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
+      --resume UWM.DATA_ROOT demo_output/data OUTPUT_DIR out/semantic SOLVER.MAX_ITER 600
+  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
+      --eval-only UWM.DATA_ROOT demo_output/data MODEL.WEIGHTS out/semantic/model_best.pth
+  python tools/train_net.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml --num-gpus 8 \\
+      UWM.DATA_ROOT /data/uwmgi UWM.COCO_DIR /data/coco UWM.FOLD 0 OUTPUT_DIR out/r50_f0
+
+Flags (--resume, --eval-only, --num-gpus, ...) go BEFORE the KEY VALUE overrides: everything after
+the first override is read as overrides. With MODEL.DEVICE cpu, --num-gpus N starts N CPU
+processes (gloo). Ctrl-C stops training; rerun the same command with --resume to continue from
+the last checkpoint. The console shows progress; OUTPUT_DIR/log.txt has detectron2's full log
+(--verbose prints it to the console too).
 """
 
 from __future__ import annotations
@@ -14,7 +47,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import fail, parse_tool_args, run_main, tool_parser
 
 
 def setup(args: argparse.Namespace) -> Any:
@@ -27,7 +60,7 @@ def setup(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def main(args: argparse.Namespace) -> Any:
+def run(args: argparse.Namespace) -> Any:
     """Runs in every process ``launch`` starts."""
     from uwm_d2.engine import UWMTrainer
     from uwm_d2.engine.prepare import record_splits
@@ -41,8 +74,7 @@ def main(args: argparse.Namespace) -> Any:
     return trainer.train()
 
 
-def cli() -> None:
-    from uwm_d2.cli import fail
+def main(argv: list[str] | None = None) -> None:
     from uwm_d2.engine.launch import launch
     from uwm_d2.engine.prepare import (
         NothingToResumeError,
@@ -51,7 +83,7 @@ def cli() -> None:
         prepare_run,
     )
 
-    args = build_parser().parse_args()
+    args = parse_tool_args(tool_parser(__doc__, build_parser()), argv)
     try:
         cfg = prepare_run(args)  # every check, before any process starts or anything is written
     except NothingToResumeError as finished:
@@ -59,7 +91,7 @@ def cli() -> None:
         return
     try:
         launch(
-            main,
+            run,
             args.num_gpus,
             device=cfg.MODEL.DEVICE,  # NCCL for CUDA, gloo for the CPU
             num_machines=args.num_machines,
@@ -72,4 +104,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    run_main(cli)
+    run_main(main)

@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import parse_tool_args, run_main, tool_parser
 from uwm_d2.core.atomic import output_folder
 from uwm_d2.core.errors import UWMInputError
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="\n".join(__doc__.splitlines()[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = tool_parser(__doc__)
     parser.add_argument("--out", required=True, type=Path, help="folder for the pictures")
     parser.add_argument("--data-root", type=Path, help="competition-layout data root")
     parser.add_argument("--split", default="train", help="train or test (default: train)")
@@ -34,11 +30,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--slices", type=int, default=8, help="slices in the montage (default 8)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF through z")
     parser.add_argument("--metrics", type=Path, help="metrics.json to plot as training curves")
-    return parser.parse_args()
+    return parse_tool_args(parser, argv)
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from uwm_d2 import visualization
 
     if not args.metrics and not args.case_day:

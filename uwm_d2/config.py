@@ -22,7 +22,7 @@ from detectron2.config import CfgNode as CN  # noqa: N817 (detectron2 spelling)
 from detectron2.config import get_cfg
 
 import uwm_d2.modeling  # noqa: F401 (registers the meta-architectures and heads of the configs)
-from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS
 
@@ -120,7 +120,7 @@ def add_uwm_config(cfg: CN) -> None:
 def _one_line(error: BaseException) -> str:
     """The message of a yacs/YAML error as one line (yacs puts the key in its message)."""
     text = error.args[0] if isinstance(error, KeyError) and error.args else error
-    return " ".join(str(text).split())
+    return one_line(text)
 
 
 def build_cfg(config_file: str | Path | None, opts: Sequence[str] = ()) -> CN:

@@ -18,7 +18,7 @@ import numpy as np
 from uwm_d2.core.atomic import atomic_path
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import normalize_intensity
-from uwm_d2.core.layout import decode_row, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import decode_row, read_label_csv, read_prediction_csv
 from uwm_d2.core.training_log import metrics_by_iteration
 
 #: One RGB colour per organ, in CLASSES order; chosen to stay distinct for colour-blind readers.
@@ -318,7 +318,7 @@ def render_case_day(
     """
     from uwm_d2.core.errors import UWMInputError
     from uwm_d2.core.io import read_scan
-    from uwm_d2.core.layout import index_scans
+    from uwm_d2.core.layout_reader import index_scans
 
     root = Path(data_root)
     every_scan = index_scans(root, split)

@@ -11,6 +11,7 @@ from uwm_d2.core.ids import (
     CLASSES,
     ScanName,
     SliceId,
+    case_day_of,
     check_class,
     format_scan_name,
     format_slice_id,
@@ -94,6 +95,13 @@ def test_parse_case_day() -> None:
         with pytest.raises(UWMInputError) as caught:
             parse_case_day(bad)
         assert repr(bad) in str(caught.value)
+
+
+def test_case_day_of_a_slice_id() -> None:
+    assert case_day_of("case12_day3_slice_0042") == "case12_day3"
+    assert case_day_of(format_slice_id(0, 10, 1)) == "case0_day10"
+    with pytest.raises(UWMInputError, match="case1_day2_slice_1"):
+        case_day_of("case1_day2_slice_1")
 
 
 def test_scan_name_width_comes_before_height() -> None:

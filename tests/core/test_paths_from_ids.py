@@ -1,9 +1,9 @@
 """Paths are only built from validated ids: an id that smuggles a path is refused by every reader.
 
-Every path the tools open comes from :func:`uwm_d2.core.layout.index_scans` (folder and file names
-matched against strict patterns); CSV ids are only compared with those validated ids, never joined
-into a path. This test pins the first line of that defence: the CSV readers reject any id that is
-not exactly ``case<N>_day<M>_slice_<ZZZZ>``, so nothing path-like gets past them.
+Every path the tools open comes from :func:`uwm_d2.core.layout_reader.index_scans` (folder and file
+names matched against strict patterns); CSV ids are only compared with those validated ids, never
+joined into a path. This test pins the first line of that defence: the CSV readers reject any id
+that is not exactly ``case<N>_day<M>_slice_<ZZZZ>``, so nothing path-like gets past them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.layout import read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import read_label_csv, read_prediction_csv
 
 PATH_LIKE_IDS = [
     "case1_day1_slice_0001/../../x",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.progress import Progress, parallel_map
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..conftest import REPO_ROOT, tool_env
 
 
 def test_lines_without_a_terminal() -> None:
@@ -77,7 +76,7 @@ def test_tools_print_progress_lines_into_a_pipe(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env=tool_env(PYTHONWARNINGS="ignore"),
     )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("phantom: ")]

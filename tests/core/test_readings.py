@@ -343,3 +343,13 @@ def test_tallies_refuse_to_mix_readings_and_empty_input() -> None:
     with pytest.raises(ValueError, match="unknown reading"):
         tally_case_day("kaggle", pairs)
     assert ReadingTally(PROJECT).summary()["score"] is None
+
+
+def test_slice_dice_empty_rule_is_the_readings() -> None:
+    pred = np.zeros((3, 2, 2), dtype=bool)
+    truth = np.zeros((3, 2, 2), dtype=bool)
+    pred[0, 0, :] = truth[0, 0, 0] = True  # Dice 2/3
+    truth[1, 1, 1] = True  # Dice 0; slice 2 empty on both sides
+    assert PROJECT.slice_dice(pred, truth).tolist() == pytest.approx([2 / 3, 0.0, 1.0])
+    assert COMPETITION.slice_dice(pred, truth)[2] == 0.0
+    assert math.isnan(MLEBENCH.slice_dice(pred, truth)[2])

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_util
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.layout import index_scans, read_label_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv
 from uwm_d2.core.rle import rle_decode, rle_encode
 from uwm_d2.data.coco import BAD_CASE_DAYS, build_coco, make_coco, mask_annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +37,6 @@ def _expected(channel_values: list[int]) -> np.ndarray:
     values = np.asarray(channel_values, dtype=np.float64)
     lo, hi = values.min(), values.max()
     return (values - lo) / (hi - lo) * INPUT_SCALE
-
-
-def test_imports_no_torch() -> None:
-    """inputs.py is shared with inference code that must not need torch to build inputs."""
-    import subprocess
-
-    code = "import sys, uwm_d2.data.inputs; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_channels_follow_offsets(tmp_path: Path) -> None:

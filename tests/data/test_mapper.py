@@ -28,10 +28,10 @@ from uwm_d2.data.transforms import (
     ResizeShortestEdgeCV2,
 )
 
+from ..conftest import INSTANT_CONFIG
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[2]
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
 HEIGHT, WIDTH = 310, 360  # a 360x310 (W x H) scan
 OFFSETS = (-2, 0, 2)
 
@@ -157,7 +157,7 @@ def test_every_configured_augmentation_together(
     scans: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     cfg = build_cfg(
-        INSTANT,
+        INSTANT_CONFIG,
         [
             "OUTPUT_DIR", str(tmp_path),  # the training mapper's scan cache goes in there
             "UWM.AUG.HFLIP_PROB", "1.0",
@@ -216,7 +216,7 @@ def test_neighbor_files_must_match_offsets(scans: list[dict[str, Any]]) -> None:
 
 
 def test_build_augmentations_from_config() -> None:
-    cfg = build_cfg(INSTANT, ["UWM.AUG.HFLIP_PROB", "0.0"])
+    cfg = build_cfg(INSTANT_CONFIG, ["UWM.AUG.HFLIP_PROB", "0.0"])
     train = build_augmentations(cfg, is_train=True)
     assert [type(a).__name__ for a in train] == [
         "RandomPhotometric",
@@ -225,7 +225,7 @@ def test_build_augmentations_from_config() -> None:
     ]
     test = build_augmentations(cfg, is_train=False)
     assert [type(a).__name__ for a in test] == ["ResizeShortestEdgeCV2"]
-    assert build_augmentations(build_cfg(INSTANT, ["INPUT.MIN_SIZE_TEST", "0"]), False) == []
+    assert build_augmentations(build_cfg(INSTANT_CONFIG, ["INPUT.MIN_SIZE_TEST", "0"]), False) == []
 
 
 # -- the fast paths: packed masks, caching readers, data-loader workers --------------------------
@@ -314,7 +314,7 @@ def test_crowded_slice_equals_the_plain_per_mask_computation(
     crowded: list[dict[str, Any]],
 ) -> None:
     cfg = build_cfg(
-        INSTANT,
+        INSTANT_CONFIG,
         [
             "UWM.AUG.AFFINE_PROB", "1.0",
             "UWM.AUG.PHOTOMETRIC_PROB", "1.0",
@@ -379,19 +379,19 @@ def test_caching_readers_give_the_same_outputs(
 
 
 def test_readers_from_the_config(tmp_path: Path) -> None:
-    cfg = build_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path / "run")])
+    cfg = build_cfg(INSTANT_CONFIG, ["OUTPUT_DIR", str(tmp_path / "run")])
     train = UWMDatasetMapper(cfg, is_train=True).reader
     assert isinstance(train, ScanCache)
     assert train.cache_dir == tmp_path / "run" / "coco" / "scan_cache"  # beside the COCO files
-    other = build_cfg(INSTANT, ["UWM.SCAN_CACHE_DIR", str(tmp_path / "elsewhere")])
+    other = build_cfg(INSTANT_CONFIG, ["UWM.SCAN_CACHE_DIR", str(tmp_path / "elsewhere")])
     assert UWMDatasetMapper(other, is_train=True).reader.cache_dir == tmp_path / "elsewhere"
     test = UWMDatasetMapper(cfg, is_train=False).reader  # inference writes no copy of the data
     assert isinstance(test, SliceLRU) and test.max_bytes == 32 * 2**20
-    plain = build_cfg(INSTANT, ["UWM.SCAN_CACHE", "False", "UWM.SCAN_LRU_MB", "0"])
+    plain = build_cfg(INSTANT_CONFIG, ["UWM.SCAN_CACHE", "False", "UWM.SCAN_LRU_MB", "0"])
     assert UWMDatasetMapper(plain, is_train=True).reader is read_scan
     assert UWMDatasetMapper(plain, is_train=False).reader is read_scan
     with pytest.raises(UWMInputError, match=r"UWM\.SCAN_LRU_MB"):
-        build_cfg(INSTANT, ["UWM.SCAN_LRU_MB", "-1"])
+        build_cfg(INSTANT_CONFIG, ["UWM.SCAN_LRU_MB", "-1"])
 
 
 def test_test_mapper_decodes_each_png_once_per_case_day(crowded: list[dict[str, Any]]) -> None:
@@ -401,7 +401,7 @@ def test_test_mapper_decodes_each_png_once_per_case_day(crowded: list[dict[str, 
         calls.append(Path(path))
         return read_scan(path)
 
-    cfg = build_cfg(INSTANT, ["INPUT.MIN_SIZE_TEST", "0"])
+    cfg = build_cfg(INSTANT_CONFIG, ["INPUT.MIN_SIZE_TEST", "0"])
     mapper = UWMDatasetMapper(cfg, is_train=False)
     mapper.reader.reader = counting  # the config's SliceLRU, counting its decodes
     for record in crowded:  # slice order, as the predictor reads a case-day

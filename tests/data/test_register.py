@@ -24,8 +24,8 @@ from uwm_d2.data.register import (
     register_uwm_datasets,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+from ..conftest import INSTANT_CONFIG
+
 FOLD_NAMES = ["uwm_train_fold0", "uwm_train_fold1", "uwm_val_fold0", "uwm_val_fold1"]
 
 
@@ -118,15 +118,17 @@ def test_exclude_bad_case_days(tiny_phantom_factory: Callable[..., Path], tmp_pa
 def test_register_from_cfg_errors(phantom_root: Path, coco_dir: Path) -> None:
     base = ["UWM.COCO_DIR", str(coco_dir)]
     with pytest.raises(UWMInputError, match=r"UWM\.DATA_ROOT is not set"):
-        register_from_cfg(build_cfg(INSTANT, base))
+        register_from_cfg(build_cfg(INSTANT_CONFIG, base))
     with pytest.raises(UWMInputError, match="is not a folder"):
-        register_from_cfg(build_cfg(INSTANT, [*base, "UWM.DATA_ROOT", str(coco_dir / "nope")]))
+        register_from_cfg(
+            build_cfg(INSTANT_CONFIG, [*base, "UWM.DATA_ROOT", str(coco_dir / "nope")])
+        )
     good = [*base, "UWM.DATA_ROOT", str(phantom_root)]
     with pytest.raises(UWMInputError, match=r"UWM\.FOLD 4 has no train_fold4\.json"):
-        register_from_cfg(build_cfg(INSTANT, [*good, "UWM.FOLD", "4"]))
+        register_from_cfg(build_cfg(INSTANT_CONFIG, [*good, "UWM.FOLD", "4"]))
     with pytest.raises(UWMInputError, match=r"DATASETS\.TEST names 'uwm_nope'"):
-        register_from_cfg(build_cfg(INSTANT, [*good, "DATASETS.TEST", "('uwm_nope',)"]))
-    assert "uwm_train" in register_from_cfg(build_cfg(INSTANT, good))
+        register_from_cfg(build_cfg(INSTANT_CONFIG, [*good, "DATASETS.TEST", "('uwm_nope',)"]))
+    assert "uwm_train" in register_from_cfg(build_cfg(INSTANT_CONFIG, good))
 
 
 def test_missing_coco_file_is_one_line(phantom_root: Path, tmp_path: Path) -> None:

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
-
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:

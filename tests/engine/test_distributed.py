@@ -57,8 +57,8 @@ from uwm_d2.engine.launch import (
     launch,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+from ..conftest import INSTANT_CONFIG, REPO_ROOT, tool_env
+
 #: Bounds every tool run: far above what one takes, far below a hang.
 RUN_TIMEOUT = 240
 #: Process-group timeout of the runs (UWM_DIST_TIMEOUT): bounds the wait for a hung peer.
@@ -84,12 +84,8 @@ RESUMED_ITERATIONS = 2
 
 
 def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",  # 2 cores, 2 processes (see tests/engine/conftest.py)
-        TIMEOUT_ENV: DIST_TIMEOUT,
-    }
+    # One thread: 2 cores, 2 processes (see tests/engine/conftest.py).
+    return tool_env(OMP_NUM_THREADS="1", **{TIMEOUT_ENV: DIST_TIMEOUT})
 
 
 def _command(
@@ -97,8 +93,8 @@ def _command(
 ) -> list[str]:
     data_root, coco = data
     return [
-        sys.executable, str(REPO / "tools" / "train_net.py"),
-        "--config-file", str(INSTANT), *flags, *FAST, *opts,
+        sys.executable, str(REPO_ROOT / "tools" / "train_net.py"),
+        "--config-file", str(INSTANT_CONFIG), *flags, *FAST, *opts,
         "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "OUTPUT_DIR", str(out),
     ]  # fmt: skip
 
@@ -112,7 +108,7 @@ def _train_net(
         text=True,
         env=_env(),
         timeout=RUN_TIMEOUT,
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
 
 
@@ -132,7 +128,7 @@ def _machines(
                 stdout=log.open("w"),
                 stderr=log.with_suffix(".err").open("w"),
                 env=_env(),
-                cwd=REPO,
+                cwd=REPO_ROOT,
             )
         )
     return machines
@@ -404,7 +400,7 @@ def test_two_runs_on_one_machine_at_once_both_finish(
             stderr=subprocess.PIPE,
             text=True,
             env=_env(),
-            cwd=REPO,
+            cwd=REPO_ROOT,
         )
         for name in ("first", "second")
     ]

@@ -26,13 +26,11 @@ from uwm_d2.evaluation.csv_scoring import score_submission
 from uwm_d2.inference.ensemble import build_predictor
 from uwm_d2.inference.pipeline import predict_submission
 
+from ..conftest import INSTANT_CONFIGS, REPO_ROOT
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[2]
-KINDS = {
-    "semantic": REPO / "configs/quick_schedules/semantic_R_18_FPN_instant_test.yaml",
-    "combined": REPO / "configs/quick_schedules/panoptic_fpn_R_18_instant_test.yaml",
-}
+KINDS = {kind: REPO_ROOT / INSTANT_CONFIGS[kind] for kind in ("semantic", "combined")}
 
 
 def _cfg(kind: str, instant_data: tuple[Path, Path], out: Path, *extra: str) -> Any:
@@ -135,7 +133,7 @@ def test_kinds_ensemble_into_one_submission(
 
 
 def _case_days(data_root: Path) -> dict[str, list[dict]]:
-    from uwm_d2.core.layout import index_scans
+    from uwm_d2.core.layout_reader import index_scans
     from uwm_d2.inference.predictor import scan_records
 
     return scan_records(data_root, index_scans(data_root, "test"))

@@ -16,8 +16,9 @@ from detectron2.modeling import build_model
 from uwm_d2.config import build_cfg
 from uwm_d2.engine.checkpoint import DataOnlyCheckpointer
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "demo"
+from ..conftest import REPO_ROOT
+
+DEMO = REPO_ROOT / "configs" / "demo"
 
 
 def test_the_demo_mask_rcnn_started_from_the_demo_semantic_model_says_so_in_one_line(

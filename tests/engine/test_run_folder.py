@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from uwm_d2.data.coco import make_coco
 from uwm_d2.data.splits import SPLITS_FILE, RunSplits
 from uwm_d2.engine.prepare import interrupted_message
 
-REPO = Path(__file__).resolve().parents[2]
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+from ..conftest import INSTANT_CONFIG, REPO_ROOT, tool_env
 
 #: A 4-iteration run: a checkpoint at iteration 1 and the final one, an evaluation after
 #: iteration 1 and the final one (logged at iteration 4), no validation loss.
@@ -41,7 +39,8 @@ def _train_net(
 ) -> subprocess.CompletedProcess:
     data_root, coco = data
     command = [
-        sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(INSTANT),
+        sys.executable, str(REPO_ROOT / "tools" / "train_net.py"),
+        "--config-file", str(INSTANT_CONFIG),
         *flags, *SHORT, "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco),
         "OUTPUT_DIR", str(out), *opts,
     ]  # fmt: skip
@@ -49,9 +48,9 @@ def _train_net(
         command,
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        env=tool_env(OMP_NUM_THREADS="1"),
         timeout=600,
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
 
 
@@ -222,7 +221,7 @@ def test_the_same_command_trains_the_same_model(
     finished: Path, instant_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A fixed default SEED: a second run of the same command gives the same weights."""
-    assert build_cfg(INSTANT, []).SEED >= 0
+    assert build_cfg(INSTANT_CONFIG, []).SEED >= 0
     again = tmp_path / "again"
     run = _train_net(instant_data, again)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -255,7 +254,9 @@ def test_resume_without_a_checkpoint_starts_over_with_one_row_per_iteration(
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(
     tmp_path: Path,
 ) -> None:
-    cfg = build_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path), "SOLVER.CHECKPOINT_PERIOD", "150"])
+    cfg = build_cfg(
+        INSTANT_CONFIG, ["OUTPUT_DIR", str(tmp_path), "SOLVER.CHECKPOINT_PERIOD", "150"]
+    )
     message = interrupted_message(cfg, eval_only=False)
     assert "before the first checkpoint" in message and "nothing to resume" in message
     assert "SOLVER.CHECKPOINT_PERIOD = 150" in message and "--resume" not in message

@@ -27,10 +27,9 @@ from uwm_d2.engine.base_trainer import prepare_cfg
 from uwm_d2.engine.checkpoint import AtomicCheckpointer
 from uwm_d2.engine.hooks import ResumableBestCheckpointer
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+from ..conftest import INSTANT_CONFIG, REPO_ROOT, tool_env
 
-REPO = Path(__file__).resolve().parents[2]
-INSTANT = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_instant_test.yaml"
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -39,12 +38,12 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def _train_net(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train_net.py"), *args],
+        [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=tool_env(OMP_NUM_THREADS="1"),
         timeout=600,
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
 
 
@@ -53,7 +52,7 @@ def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path
     data_root, coco = instant_data
     out = tmp_path / "out"
     command = [
-        "--config-file", str(INSTANT),
+        "--config-file", str(INSTANT_CONFIG),
         "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
         "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu",
     ]  # fmt: skip
@@ -97,7 +96,7 @@ def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path
 def cfg(instant_data: tuple[Path, Path], tmp_path: Path) -> Any:
     data_root, coco = instant_data
     cfg = build_cfg(
-        INSTANT,
+        INSTANT_CONFIG,
         [
             "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco),
             "OUTPUT_DIR", str(tmp_path / "out"),
@@ -193,6 +192,7 @@ def test_a_diverging_validation_pass_is_a_warning_not_a_stop(
     assert "validation loss skipped" in caplog.text and "training goes on" in caplog.text
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_one_line(cfg: Any) -> None:
     trainer = UWMTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -301,14 +301,15 @@ def test_killed_training_resumes_where_its_last_checkpoint_left(
     data_root, coco = instant_data
     out = tmp_path / "out"
     command = [
-        sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(INSTANT),
+        sys.executable, str(REPO_ROOT / "tools" / "train_net.py"),
+        "--config-file", str(INSTANT_CONFIG),
         "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
         "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "40",
         "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "0", "UWM.VAL_LOSS_PERIOD", "0",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = tool_env(OMP_NUM_THREADS="1")
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     try:
@@ -327,7 +328,7 @@ def test_killed_training_resumes_where_its_last_checkpoint_left(
 
     second = subprocess.run(
         [*command[:2], "--resume", *command[2:], "SOLVER.MAX_ITER", str(resumed_from + 2)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"Starting training from iteration {resumed_from}" in (out / "log.txt").read_text()
@@ -346,12 +347,13 @@ def test_ctrl_c_says_how_to_continue(instant_data: tuple[Path, Path], tmp_path: 
     out = tmp_path / "out"
     process = subprocess.Popen(
         [
-            sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(INSTANT),
+            sys.executable, str(REPO_ROOT / "tools" / "train_net.py"),
+            "--config-file", str(INSTANT_CONFIG),
             "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
             "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "100000", "TEST.EVAL_PERIOD", "0",
             "UWM.VAL_LOSS_PERIOD", "0",
         ],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO_ROOT, env=tool_env(OMP_NUM_THREADS="1"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
@@ -374,7 +376,7 @@ def test_every_config_clips_gradients_and_the_optimizer_applies_it(
     that diverged at a plausible learning rate), with either optimizer."""
     data_root, coco = instant_data
     cfg = build_cfg(
-        INSTANT,
+        INSTANT_CONFIG,
         ["UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
          "OUTPUT_DIR", str(tmp_path), "UWM.OPTIMIZER", optimizer],
     )  # fmt: skip

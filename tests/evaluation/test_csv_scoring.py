@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.layout import index_scans, read_label_csv
-from uwm_d2.evaluation.csv_scoring import score_rules, score_submission, summary_lines
+from uwm_d2.core.layout_reader import index_scans, read_label_csv
+from uwm_d2.evaluation.csv_scoring import score_csv, score_submission, summary_lines
 from uwm_d2.evaluation.mlebench import answers_from_data_root, score_mlebench
 
 
@@ -62,10 +62,10 @@ def test_a_submission_lacking_truth_rows_is_refused_under_every_reading(
     assert (pred.loc[drop, "predicted"] != "").any()
     lacking = _write(pred[~drop], tmp_path / "lacking.csv")
     first = pred[drop].iloc[0]
-    for rules in ("project", "competition", "mlebench", "all"):
+    for reading in ("project", "competition", "mlebench", "all"):
         with pytest.raises(UWMInputError) as raised:
-            score_rules(
-                lacking, rules, data_root=phantom_root, truth_csv=phantom_root / "test_truth.csv"
+            score_csv(
+                lacking, reading, data_root=phantom_root, truth_csv=phantom_root / "test_truth.csv"
             )
         message = str(raised.value)
         assert f"lacks {int(drop.sum())} of the {len(truth)} rows" in message, message
@@ -140,20 +140,20 @@ def test_readings_and_clinical_pass_through(phantom_root: Path, tmp_path: Path) 
     assert len({round(score, 9) for score in scores.values()}) == 3, scores
 
 
-def test_score_rules_under_each_reading(phantom_root: Path, tmp_path: Path) -> None:
+def test_score_csv_under_each_reading(phantom_root: Path, tmp_path: Path) -> None:
     truth = phantom_root / "test_truth.csv"
     pred = _imperfect(phantom_root, tmp_path / "pred.csv")
     source = {"data_root": phantom_root, "truth_csv": truth}
-    project = score_rules(pred, "project", **source)
+    project = score_csv(pred, "project", **source)
     assert project == score_submission(phantom_root, truth, pred)
-    competition = score_rules(pred, "competition", **source)
+    competition = score_csv(pred, "competition", **source)
     direct = score_submission(phantom_root, truth, pred, readings="competition", clinical=False)
     assert competition["reading"] == "competition"
     assert competition["score"] == direct["readings"]["competition"]["score"]
     assert competition["num_slices"] == direct["num_slices"] and "clinical" not in competition
-    mlebench = score_rules(pred, "mlebench", **source)
+    mlebench = score_csv(pred, "mlebench", **source)
     assert mlebench == score_mlebench(answers_from_data_root(phantom_root, truth), pred)
-    every = score_rules(pred, "all", **source)
+    every = score_csv(pred, "all", **source)
     assert {key: every[key] for key in project} == project
     assert every["readings"]["competition"] == {
         key: value
@@ -174,17 +174,17 @@ def test_an_answers_file_scores_as_the_data_root(phantom_root: Path, tmp_path: P
     pred = _imperfect(phantom_root, tmp_path / "pred.csv")
     answers = tmp_path / "answers.csv"
     answers_from_data_root(phantom_root, truth).to_csv(answers, index=False)
-    from_file = score_rules(pred, "mlebench", answers_csv=answers)
-    assert from_file == score_rules(pred, "mlebench", data_root=phantom_root, truth_csv=truth)
+    from_file = score_csv(pred, "mlebench", answers_csv=answers)
+    assert from_file == score_csv(pred, "mlebench", data_root=phantom_root, truth_csv=truth)
     with pytest.raises(UWMInputError, match="scored under 'mlebench' only"):
-        score_rules(pred, "all", answers_csv=answers)
+        score_csv(pred, "all", answers_csv=answers)
     with pytest.raises(UWMInputError, match="replaces the data root"):
-        score_rules(pred, "mlebench", answers_csv=answers, data_root=phantom_root)
-    with pytest.raises(UWMInputError, match="unknown rules 'kaggle'"):
-        score_rules(pred, "kaggle", data_root=phantom_root, truth_csv=truth)
+        score_csv(pred, "mlebench", answers_csv=answers, data_root=phantom_root)
+    with pytest.raises(UWMInputError, match="unknown reading 'kaggle'"):
+        score_csv(pred, "kaggle", data_root=phantom_root, truth_csv=truth)
 
 
-def test_a_file_mlebench_rejects_is_refused_under_its_rules(
+def test_a_file_mlebench_rejects_is_refused_under_its_reading(
     phantom_root: Path, tmp_path: Path
 ) -> None:
     truth = phantom_root / "test_truth.csv"
@@ -192,9 +192,9 @@ def test_a_file_mlebench_rejects_is_refused_under_its_rules(
     # Reordered rows: the project matches by (id, class) and scores them, MLE-bench refuses.
     swapped = frame.iloc[[1, 0, *range(2, len(frame))]]
     path = _write(swapped, tmp_path / "swapped.csv")
-    assert score_rules(path, "project", data_root=phantom_root, truth_csv=truth)["score"] == 1.0
-    for rules in ("mlebench", "all"):
+    assert score_csv(path, "project", data_root=phantom_root, truth_csv=truth)["score"] == 1.0
+    for reading in ("mlebench", "all"):
         with pytest.raises(
             UWMInputError, match=r"swapped\.csv: MLE-bench would reject this file: row 1 "
         ):
-            score_rules(path, rules, data_root=phantom_root, truth_csv=truth)
+            score_csv(path, reading, data_root=phantom_root, truth_csv=truth)

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_util
 
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import MergeRule, remove_single_slice_components
-from uwm_d2.core.metrics import score_volumes
+from uwm_d2.core.readings import score_volumes
 from uwm_d2.data.coco import make_coco
 from uwm_d2.data.register import register_uwm_datasets
 from uwm_d2.evaluation.evaluator import UWMEvaluator, flatten_result

@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial.distance import directed_hausdorff
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.layout import read_label_csv
+from uwm_d2.core.layout_reader import read_label_csv
 from uwm_d2.core.readings import score_readings
 from uwm_d2.core.rle import rle_decode, rle_encode
 from uwm_d2.evaluation.mlebench import (

@@ -24,8 +24,7 @@ from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.engine.checkpoint import load_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-INSTANT_CONFIG = REPO_ROOT / "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
+from ..conftest import INSTANT_CONFIG
 
 
 class _WritesMarker:

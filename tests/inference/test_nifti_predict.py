@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from uwm_d2.config import build_cfg
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES
-from uwm_d2.core.layout import index_scans
-from uwm_d2.core.nifti import export_case_days, label_map, load_nifti, to_xyz
+from uwm_d2.core.layout_reader import index_scans
+from uwm_d2.core.nifti import label_map, load_nifti, to_xyz
+from uwm_d2.data.nifti_export import export_case_days
 from uwm_d2.inference.nifti import (
     VolumeReader,
     predict_nifti_files,
@@ -31,7 +32,7 @@ from uwm_d2.inference.nifti import (
 )
 from uwm_d2.inference.predictor import EnsembleMember, VolumePredictor, scan_records
 
-INSTANT = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
+from ..conftest import INSTANT_CONFIG
 
 
 class BrightnessModel(torch.nn.Module):
@@ -53,7 +54,7 @@ class BrightnessModel(torch.nn.Module):
 
 
 def _predictor(*opts: str) -> tuple[VolumePredictor, BrightnessModel]:
-    cfg = build_cfg(INSTANT, ["MODEL.WEIGHTS", "unused.pth", *opts])
+    cfg = build_cfg(INSTANT_CONFIG, ["MODEL.WEIGHTS", "unused.pth", *opts])
     model = BrightnessModel()
     return VolumePredictor([EnsembleMember(cfg, [model])], batch_size=3), model
 
@@ -161,8 +162,8 @@ def test_reorient_turns_a_ras_volume_to_the_training_axes(
 
 
 def test_ensemble_members_must_agree_on_the_training_spacing() -> None:
-    first = build_cfg(INSTANT, ["MODEL.WEIGHTS", "a.pth"])
-    second = build_cfg(INSTANT, ["MODEL.WEIGHTS", "b.pth", "UWM.PIXEL_SPACING_MM", "1.63"])
+    first = build_cfg(INSTANT_CONFIG, ["MODEL.WEIGHTS", "a.pth"])
+    second = build_cfg(INSTANT_CONFIG, ["MODEL.WEIGHTS", "b.pth", "UWM.PIXEL_SPACING_MM", "1.63"])
     predictor = VolumePredictor(
         [EnsembleMember(first, [BrightnessModel()]), EnsembleMember(second, [BrightnessModel()])]
     )

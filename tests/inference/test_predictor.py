@@ -16,13 +16,13 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from uwm_d2.config import build_cfg
-from uwm_d2.core.layout import index_scans, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_prediction_csv
 from uwm_d2.core.rle import rle_decode
 from uwm_d2.inference import pipeline
 from uwm_d2.inference.predictor import EnsembleMember, VolumePredictor
 from uwm_d2.modeling.meta_arch import soft_instance_outputs
 
-INSTANT = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
+from ..conftest import INSTANT_CONFIG
 
 
 class BoxModel(torch.nn.Module):
@@ -54,7 +54,7 @@ class BoxModel(torch.nn.Module):
 
 @pytest.fixture
 def cfg():
-    return build_cfg(INSTANT, ["MODEL.WEIGHTS", "unused.pth"])
+    return build_cfg(INSTANT_CONFIG, ["MODEL.WEIGHTS", "unused.pth"])
 
 
 def _run(monkeypatch, cfg, root, out, models, tta=False, batch_size=8, **kwargs):
@@ -97,7 +97,9 @@ def test_score_threshold_and_ensemble_average(monkeypatch, cfg, phantom_root, tm
     _run(monkeypatch, cfg, phantom_root, out, [high, low])
     assert (read_prediction_csv(out)["predicted"] != "").any()
     # ...but a threshold above the averaged probability drops it.
-    strict = build_cfg(INSTANT, ["MODEL.WEIGHTS", "unused.pth", "UWM.EVAL.MASK_THRESHOLD", "0.6"])
+    strict = build_cfg(
+        INSTANT_CONFIG, ["MODEL.WEIGHTS", "unused.pth", "UWM.EVAL.MASK_THRESHOLD", "0.6"]
+    )
     _run(monkeypatch, strict, phantom_root, out, [high, low])
     assert (read_prediction_csv(out)["predicted"] == "").all()
 

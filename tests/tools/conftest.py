@@ -1,4 +1,4 @@
-"""Fixtures of the tool tests: running a tool as a subprocess, and an untrained checkpoint.
+"""Fixtures of the tool tests: an untrained checkpoint (running a tool: tests/conftest.py).
 
 ``instant_checkpoints`` builds the instant-test config's model (no training: error paths and
 kill tests only need a checkpoint that loads) in a background subprocess, so the torch start-up it
@@ -7,7 +7,6 @@ costs overlaps with whatever the test does meanwhile; ``.wait()`` returns the pa
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -17,21 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-INSTANT_CONFIG = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
-
-#: Small, fast inference for the tool tests: tiny input, and a score cut that no untrained box
-#: reaches, so the mask head has nothing to do.
-FAST_INFERENCE_OPTS = [
-    "MODEL.DEVICE",
-    "cpu",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "INPUT.MAX_SIZE_TEST",
-    "96",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    "0.99",
-]
+from ..conftest import INSTANT_CONFIG, REPO_ROOT, tool_env
 
 _BUILD_CHECKPOINTS = """
 import sys
@@ -50,27 +35,6 @@ other.defrost()
 other.MODEL.ROI_HEADS.NUM_CLASSES = 4
 torch.save({"model": build_model(other).state_dict()}, f"{out}/model_4_classes.pth")
 """
-
-
-def tool_env() -> dict[str, str]:
-    """The environment a tool runs in: this checkout first on the path."""
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-
-
-def tool_command(tool: str, args: list[str]) -> list[str]:
-    return [sys.executable, f"tools/{tool}.py", *args]
-
-
-def run_tool(tool: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``tools/<tool>.py args`` to completion, capturing text output."""
-    return subprocess.run(
-        tool_command(tool, args),
-        cwd=REPO_ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @dataclass
@@ -99,7 +63,7 @@ class CheckpointBuild:
 def instant_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CheckpointBuild]:
     folder = tmp_path_factory.mktemp("checkpoints")
     process = subprocess.Popen(
-        [sys.executable, "-c", _BUILD_CHECKPOINTS, str(folder), INSTANT_CONFIG],
+        [sys.executable, "-c", _BUILD_CHECKPOINTS, str(folder), str(INSTANT_CONFIG)],
         cwd=REPO_ROOT,
         env=tool_env(),
         stdout=subprocess.DEVNULL,

@@ -31,14 +31,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .conftest import (
-    FAST_INFERENCE_OPTS,
-    INSTANT_CONFIG,
-    REPO_ROOT,
-    CheckpointBuild,
-    tool_command,
-    tool_env,
-)
+from ..conftest import FAST_INFERENCE_OPTS, INSTANT_CONFIG, REPO_ROOT, tool_command, tool_env
+from .conftest import CheckpointBuild
 
 _SITECUSTOMIZE = '''
 """Test hook (tests/tools/test_kill_safety.py): pause before renaming a temp file onto a target."""
@@ -214,7 +208,7 @@ def _tools(root: Path, tmp: Path, weights: Path) -> list[Tool]:
             "infer_submit",
             [
                 "--config-file",
-                INSTANT_CONFIG,
+                str(INSTANT_CONFIG),
                 "--data-root",
                 str(root),
                 "--out",

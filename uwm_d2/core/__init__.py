@@ -28,14 +28,8 @@ from uwm_d2.core.io import (
     write_scan,
 )
 from uwm_d2.core.merge import MergeRule, remove_single_slice_components
-from uwm_d2.core.metrics import (
-    dice_3d,
-    dice_coefficient,
-    hausdorff_distance,
-    hd95_mm,
-    normalized_hausdorff,
-    score_volumes,
-)
+from uwm_d2.core.metrics import dice_3d, dice_coefficient, hausdorff_distance, hd95_mm
+from uwm_d2.core.readings import score_volumes
 from uwm_d2.core.rle import parse_rle, rle_decode, rle_encode
 
 __all__ = [
@@ -56,7 +50,6 @@ __all__ = [
     "intensity_window",
     "neighbor_indices",
     "normalize_intensity",
-    "normalized_hausdorff",
     "parse_case_day",
     "parse_rle",
     "parse_scan_name",
@@ -71,6 +64,6 @@ __all__ = [
 ]
 
 # The data layout readers (pandas); appended after the list above, which other modules own.
-from uwm_d2.core.layout import index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import index_scans, read_label_csv, read_prediction_csv
 
 __all__ += ["index_scans", "read_label_csv", "read_prediction_csv"]

@@ -82,6 +82,15 @@ def parse_slice_id(text: str) -> SliceId:
     return SliceId(case, day, slice_number)
 
 
+def case_day_of(slice_id: str) -> str:
+    """The scan session of a slice id: ``case12_day3_slice_0042`` → ``case12_day3``.
+
+    Raises:
+        UWMInputError: ``slice_id`` is not a slice id (named).
+    """
+    return parse_slice_id(slice_id).case_day
+
+
 def format_slice_id(case: int, day: int, slice_number: int) -> str:
     """Build the competition id of one slice."""
     return str(SliceId(case, day, slice_number))
@@ -114,6 +123,11 @@ def format_scan_name(
 ) -> str:
     """Build a scan file name; the inverse of :func:`parse_scan_name`."""
     return ScanName(slice_number, width, height, spacing_x, spacing_y).file_name
+
+
+def class_order(name: str) -> tuple[int, str]:
+    """Sort key of class names: :data:`CLASSES` order, any other name after them by name."""
+    return (CLASSES.index(name) if name in CLASSES else len(CLASSES), name)
 
 
 def check_class(name: str) -> str:

@@ -1,18 +1,11 @@
-"""The competition metric under this project's reading (see the README), plus clinical figures.
+"""The metric's primitives: masks, exact Hausdorff distances, Dice, and the clinical figures.
 
-``score = 0.4 * mean Dice + 0.6 * (1 - mean normalized Hausdorff)`` where
-
-* Dice is one value per (slice, class) row, ``2|P∩G| / (|P|+|G|)``, and **1 when both are empty**;
-* the Hausdorff term is one value per (case_day, class) volume ``(D, H, W)`` (slices in slice-number
-  order, unit spacing on every axis, slice depth 1): the symmetric Hausdorff distance over **all**
-  foreground voxels (not just surfaces), divided by the volume diagonal ``sqrt(D² + H² + W²)`` and
-  clipped to 1; **0 when both are empty, 1 when exactly one is empty**.
-
-That is this project's reading of the metric (the default); the other public readings (the
-competition page's text, MLE-bench's grader) live in :mod:`uwm_d2.core.readings`, which builds on
-the exact distances computed here. The clinical figures reported beside the score are per-organ 3D
-Dice and the 95th-percentile surface Hausdorff distance in millimetres (MONAI's definition) using
-the real spacing ``(3 mm, PY, PX)``.
+Everything the readings of the competition metric are built from (:mod:`uwm_d2.core.readings`
+decides their corners and scores volumes with them): :func:`as_mask`, per-slice
+:func:`dice_counts`, :func:`dice_coefficient`, exact symmetric Hausdorff distances between all
+foreground voxels (:class:`HausdorffPair`, :func:`hausdorff_distance`), and the clinical figures
+reported beside the score: per-organ :func:`dice_3d` and :func:`hd95_mm`, the 95th-percentile
+surface distance in millimetres (MONAI's definition) at the real spacing ``(3 mm, PY, PX)``.
 
 Everything here is a pure function of numpy arrays; masks may be ``bool`` or any numeric dtype
 (nonzero = foreground). Exact Hausdorff distances never look at all pairs of voxels, nor at the
@@ -39,20 +32,12 @@ stray blobs or not (``benchmarks/bench_metric.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM
-
-if TYPE_CHECKING:
-    from uwm_d2.core.readings import Reading
-
-#: Weights of the two terms of the competition score.
-DICE_WEIGHT = 0.4
-HAUSDORFF_WEIGHT = 0.6
+from uwm_d2.core.ids import SLICE_THICKNESS_MM
 
 #: ``(z, y, x)`` spacing in mm assumed for a case-day whose spacing is not given.
 DEFAULT_SPACING_MM: tuple[float, float, float] = (SLICE_THICKNESS_MM, 1.5, 1.5)
@@ -67,14 +52,14 @@ _DIRECT_QUERY = 512
 _PRUNE_SLACK = 1e-12
 
 
-def _as_bool(mask: np.ndarray) -> np.ndarray:
+def as_mask(mask: np.ndarray) -> np.ndarray:
     """``mask`` as a bool array (nonzero = foreground), without a copy when it already is one."""
     mask = np.asarray(mask)
     return mask if mask.dtype == np.bool_ else mask != 0
 
 
 def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred, truth = _as_bool(pred), _as_bool(truth)
+    pred, truth = as_mask(pred), as_mask(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     return pred, truth
@@ -315,29 +300,20 @@ def dice_3d(pred_vol: np.ndarray, truth_vol: np.ndarray) -> float:
     return dice_coefficient(pred_vol, truth_vol)
 
 
-def slice_dice(pred_vol: np.ndarray, truth_vol: np.ndarray, both_empty: float = 1.0) -> np.ndarray:
-    """Dice of every slice of two ``(D, H, W)`` volumes: the per-row Dice of the competition.
+def dice_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice of two ``(D, ...)`` masks: ``(|P∩G|, |P|+|G|)``, two ``(D,)`` int arrays.
 
-    Args:
-        pred_vol, truth_vol: masks of the same shape; slice ``k`` is ``volume[k]``.
-        both_empty: the value of a slice where both masks are empty (this project: 1; the
-            competition page: 0; MLE-bench: NaN, i.e. the row is skipped).
-
-    Returns:
-        ``(D,)`` float64 array.
+    What every reading's per-row Dice is made of (each decides the both-empty rows itself).
 
     Raises:
         ValueError: the shapes differ.
     """
-    pred, truth = _check_pair(pred_vol, truth_vol)
+    pred, truth = _check_pair(pred, truth)
     flat_pred = pred.reshape(pred.shape[0], -1)
     flat_truth = truth.reshape(truth.shape[0], -1)
     intersection = np.count_nonzero(flat_pred & flat_truth, axis=1)
     total = np.count_nonzero(flat_pred, axis=1) + np.count_nonzero(flat_truth, axis=1)
-    dice = np.full(pred.shape[0], both_empty, dtype=np.float64)
-    nonempty = total > 0
-    dice[nonempty] = 2.0 * intersection[nonempty] / total[nonempty]
-    return dice
+    return intersection, total
 
 
 def hausdorff_distance(
@@ -356,36 +332,10 @@ def hausdorff_distance(
 
     Raises:
         ValueError: the shapes differ, ``spacing`` does not fit, or either mask is empty (the
-            distance is undefined; :func:`normalized_hausdorff` applies the competition's rule).
+            distance is undefined; each reading of :mod:`uwm_d2.core.readings` has its rule).
     """
     pair = HausdorffPair(pred_vol, truth_vol)
     return pair.distance(_spacing_for(len(pair.shape), spacing))
-
-
-def _diagonal(shape: Sequence[int]) -> float:
-    return math.sqrt(sum(side * side for side in shape))
-
-
-def normalized_hausdorff(pred_vol: np.ndarray, truth_vol: np.ndarray) -> float:
-    """The competition's Hausdorff term of one (case_day, class) volume, in ``[0, 1]``.
-
-    :func:`hausdorff_distance` with unit spacing on every axis (slice depth 1), divided by the
-    diagonal ``sqrt(D² + H² + W²)`` of the volume's shape and clipped to 1. Empty-mask rules:
-    **0.0 when both are empty, 1.0 when exactly one is empty.**
-
-    Raises:
-        ValueError: the shapes differ.
-    """
-    return _project_hausdorff(HausdorffPair(pred_vol, truth_vol))
-
-
-def _project_hausdorff(pair: HausdorffPair) -> float:
-    """:func:`normalized_hausdorff` of a prepared pair."""
-    if pair.pred_count == 0 and pair.truth_count == 0:
-        return 0.0
-    if pair.pred_count == 0 or pair.truth_count == 0:
-        return 1.0
-    return min(pair.distance(None) / _diagonal(pair.shape), 1.0)
 
 
 def hd95_mm(
@@ -421,107 +371,3 @@ def hd95_mm(
     to_truth, _ = _tree(truth_points).query(pred_points)
     to_pred, _ = _tree(pred_points).query(truth_points)
     return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
-
-
-def _combine(dice: float, hausdorff: float) -> float:
-    return DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff)
-
-
-def score_volumes(
-    volumes: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
-    spacings: Mapping[str, Sequence[float]] | None = None,
-    *,
-    clinical: bool = True,
-    readings: str | Sequence[str | Reading] = (),
-) -> dict[str, Any]:
-    """Score predicted volumes against the truth with the competition metric and clinical figures.
-
-    Args:
-        volumes: ``{(case_day, class_name): (pred_vol, truth_vol)}``; each volume is ``(D, H, W)``
-            (bool or numeric, nonzero = foreground) with slices in slice-number order, holding
-            every slice of that case-day (a missing prediction must be passed as an empty volume:
-            the truth decides which rows are scored). Each pair is read once, the classes of one
-            case-day together (a lazy mapping keeps one case-day in memory).
-        spacings: ``{case_day: (z, y, x)}`` voxel size in mm for the clinical HD95;
-            :data:`DEFAULT_SPACING_MM` for a case-day not listed. The competition score itself
-            always uses unit spacing.
-        clinical: compute the clinical figures (3D Dice, HD95 in mm). ``False`` skips them (HD95
-            is the slowest part) and leaves the ``clinical`` key out.
-        readings: other readings of the metric to compute in the same pass over ``volumes``
-            (names of :data:`uwm_d2.core.readings.READINGS`, or ``"all"``); see
-            :func:`uwm_d2.core.readings.score_readings` for what each returns.
-
-    Returns:
-        A JSON-serializable dict (plain ``float``/``int``/``None``)::
-
-            {"score", "dice", "hausdorff",
-             "per_class": {cls: {"score", "dice", "hausdorff"}},
-             "clinical": {cls: {"dice_3d", "hd95_mm"}},          # unless clinical=False
-             "num_slices", "num_case_days",
-             "readings": {name: summary}}                         # only when readings are asked
-
-        The top level is this project's reading: ``dice`` is the mean over every (slice, class)
-        row (each slice of each volume is one row, empty pairs count 1); ``hausdorff`` the mean
-        over every (case_day, class) volume of :func:`normalized_hausdorff`;
-        ``score = 0.4 * dice + 0.6 * (1 - hausdorff)``. ``per_class`` repeats them restricted to
-        one class. ``clinical.dice_3d`` is the mean over case-days of :func:`dice_3d` (1 for an
-        empty pair); ``clinical.hd95_mm`` the mean of :func:`hd95_mm` over the case-days where
-        both volumes are non-empty, ``None`` when there is none. ``num_slices`` counts distinct
-        (case_day, slice) pairs. Only classes present in ``volumes`` appear, in :data:`CLASSES`
-        order.
-
-    Raises:
-        ValueError: ``volumes`` is empty, a pair's shapes differ or are not 3D, two classes of
-            one case-day have different shapes (slice counts), or a reading name is unknown.
-    """
-    # readings builds on this module's distances, so it is imported here rather than at the top.
-    from uwm_d2.core.readings import resolve_readings, score_readings
-
-    asked = resolve_readings(readings) if readings else ()
-    others = [reading for reading in asked if reading.name != "project"]
-    passed = score_readings(volumes, ["project", *others], spacings=spacings, clinical=clinical)
-    project = passed["readings"]["project"]
-    result: dict[str, Any] = {
-        "score": project["score"],
-        "dice": project["dice"],
-        "hausdorff": project["hausdorff"],
-        "per_class": {
-            name: {key: values[key] for key in ("score", "dice", "hausdorff")}
-            for name, values in project["per_class"].items()
-        },
-    }
-    if clinical:
-        result["clinical"] = passed["clinical"]
-    result["num_slices"] = passed["num_slices"]
-    result["num_case_days"] = passed["num_case_days"]
-    if asked:
-        result["readings"] = {reading.name: passed["readings"][reading.name] for reading in asked}
-    return result
-
-
-class LazyVolumes(Mapping):
-    """Base of ``{(case_day, class): (pred_vol, truth_vol)}`` mappings built on access.
-
-    :func:`score_volumes` reads each pair once; building them on demand keeps one case-day in
-    memory instead of a whole test set's volumes (gigabytes on real data). Subclasses implement
-    :meth:`_load`, the pair of one key; the keys are every class of every given case-day.
-    """
-
-    def __init__(self, case_days: Sequence[str]) -> None:
-        self._case_days = frozenset(case_days)
-        self._keys = [(case_day, name) for case_day in case_days for name in CLASSES]
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._keys)
-
-    def __getitem__(self, key: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-        case_day, name = key
-        if case_day not in self._case_days or name not in CLASSES:
-            raise KeyError(key)
-        return self._load(case_day, name)
-
-    def _load(self, case_day: str, class_name: str) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError

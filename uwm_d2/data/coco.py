@@ -35,9 +35,9 @@ from pycocotools import mask as mask_util
 
 from uwm_d2.core.atomic import atomic_write_text, check_output_folder, output_folder
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.ids import CLASSES
+from uwm_d2.core.ids import CLASSES, case_day_of
 from uwm_d2.core.io import read_scan
-from uwm_d2.core.layout import (
+from uwm_d2.core.layout_reader import (
     BAD_CASE_DAYS,
     check_data_root,
     decode_row,
@@ -208,7 +208,7 @@ def _image_tables(root: Path, exclude_bad: bool) -> tuple[pd.DataFrame, pd.DataF
     scans = index_scans(root, "train")
     if exclude_bad:
         scans = scans[~scans["case_day"].isin(BAD_CASE_DAYS)].reset_index(drop=True)
-        case_days = labels["id"].str.extract(r"^(case\d+_day\d+)_", expand=False)
+        case_days = labels["id"].map(case_day_of)
         labels = labels[~case_days.isin(BAD_CASE_DAYS)].reset_index(drop=True)
     wide = label_table(labels, "segmentation", csv_path.name, set(scans["id"]), str(root / "train"))
     unlabelled = ~scans["id"].isin(wide.index)

@@ -111,7 +111,7 @@ def group_by_case_day(
 
     Neighbours for the 2.5D channels must come from the same case-day and in slice order; this is
     the one grouping every caller uses. Works on COCO image records, detectron2 dataset dicts or
-    rows of :func:`uwm_d2.core.layout.index_scans` (as dicts).
+    rows of :func:`uwm_d2.core.layout_reader.index_scans` (as dicts).
 
     Returns:
         ``{case_day: [record, ...]}`` in sorted case-day order, each list sorted by ``slice_key``.

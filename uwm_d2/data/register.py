@@ -34,7 +34,7 @@ from detectron2.structures import BoxMode
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import CLASSES, SLICE_THICKNESS_MM
 from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS
-from uwm_d2.core.layout import BAD_CASE_DAYS, check_data_root
+from uwm_d2.core.layout_reader import BAD_CASE_DAYS, check_data_root
 from uwm_d2.data.inputs import attach_neighbor_files
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def load_uwm_json(
         json_file: ``all.json``, ``train_fold{k}.json`` or ``val_fold{k}.json``.
         data_root: the competition root that the images' ``file_name`` are relative to.
         slice_offsets: the 2.5D channels; sets each record's ``neighbor_files``.
-        exclude_bad: drop the case-days of :data:`uwm_d2.core.layout.BAD_CASE_DAYS`.
+        exclude_bad: drop the case-days of :data:`uwm_d2.core.layout_reader.BAD_CASE_DAYS`.
 
     Returns:
         One dict per slice, sorted by case-day then slice number.

@@ -33,14 +33,13 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 
 from uwm_d2.config import check_device
-from uwm_d2.core.errors import TrainingDivergedError, UWMInputError
+from uwm_d2.core.errors import TrainingDivergedError, UWMInputError, one_line
 from uwm_d2.core.training_log import trim_metrics_json
+from uwm_d2.core.weights import is_remote
 from uwm_d2.engine.checkpoint import DataOnlyCheckpointer
 from uwm_d2.engine.hooks import RetainingPeriodicCheckpointer
 
 logger = logging.getLogger(__name__)
-
-_REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "s3://", "gs://")
 
 
 class _DropDivergedTraceback(logging.Filter):
@@ -138,7 +137,7 @@ class PatchedDefaultTrainer(DefaultTrainer):
         and ``metrics.json`` trimmed to the iterations before the one training resumes from."""
         weights = self.cfg.MODEL.WEIGHTS
         resuming = resume and self.checkpointer.has_checkpoint()
-        local = weights and not weights.startswith(_REMOTE_PREFIXES)
+        local = weights and not is_remote(weights)
         if local and not resuming and not Path(weights).is_file():
             raise UWMInputError(f"MODEL.WEIGHTS {weights!r} does not exist")
         try:
@@ -183,7 +182,7 @@ class PatchedDefaultTrainer(DefaultTrainer):
         except FloatingPointError as error:
             has_last = self.checkpointer.has_checkpoint()
             last = self.checkpointer.get_checkpoint_file() if has_last else "none saved yet"
-            reason = " ".join(str(error).splitlines()[0].split())
+            reason = one_line(str(error).splitlines()[0])
             # Not "--resume": resuming restores the scheduler, and with it the old learning rate.
             raise TrainingDivergedError(
                 f"training diverged at iteration {self.iter} ({reason}); last good checkpoint: "

@@ -23,6 +23,7 @@ import torch
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
+from uwm_d2.core.errors import one_line
 from uwm_d2.core.training_log import best_metric
 from uwm_d2.engine.checkpoint import prune_checkpoints
 
@@ -79,7 +80,7 @@ class ValidationLoss(HookBase):
                         totals[name] = totals.get(name, 0.0) + float(value)
                     batches += 1
         except FloatingPointError as error:
-            return {}, 0, " ".join(str(error).split())
+            return {}, 0, one_line(error)
         finally:
             with torch.no_grad():
                 for name, buffer in model.named_buffers():

@@ -51,7 +51,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from uwm_d2.core.errors import UWMInputError, UWMRunError
+from uwm_d2.core.errors import (
+    INPUT_ERRORS,
+    UWMInputError,
+    UWMRunError,
+    is_out_of_memory,
+    one_line,
+)
 
 #: Environment variable: the process-group timeout in seconds (collectives and rendezvous).
 TIMEOUT_ENV = "UWM_DIST_TIMEOUT"
@@ -137,20 +143,11 @@ def is_peer_lost(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(m in str(error) for m in _PEER_LOST_MARKERS)
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _comm_reason(error: BaseException) -> str:
     """The gist of a torch.distributed error: no source location, no boilerplate advice."""
-    text = re.sub(r"\[[^\]\s]+\.(?:cc|cpp|h):\d+\]\s*", "", _one_line(str(error), 1000))
+    text = re.sub(r"\[[^\]\s]+\.(?:cc|cpp|h):\d+\]\s*", "", one_line(error, 1000))
     text = text.split(". This is typically caused")[0]
-    return _one_line(text, 160)
+    return one_line(text, 160)
 
 
 def launch(
@@ -339,7 +336,7 @@ def _note(notes: str, local_rank: int, error: BaseException) -> None:
         data = pickle.dumps(error)
         pickle.loads(data)
     except Exception:  # some exceptions pickle but do not unpickle: keep the message
-        data = pickle.dumps(UWMInputError(_one_line(str(error))))
+        data = pickle.dumps(UWMInputError(one_line(error, 300)))
     target = Path(notes) / f"rank{local_rank}.pkl"
     partial = target.with_suffix(".part")
     partial.write_bytes(data)
@@ -368,8 +365,6 @@ def _worker(
     import torch.distributed as dist
     from detectron2.utils import comm
 
-    from uwm_d2.cli import INPUT_ERRORS
-
     rank = machine_rank * per_machine + local_rank
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
@@ -396,7 +391,7 @@ def _worker(
         _note(notes, local_rank, error)
         raise
     except Exception as error:
-        if _is_out_of_memory(error):
+        if is_out_of_memory(error):
             _note(notes, local_rank, error)
         elif is_port_in_use(error):
             _note(

@@ -1,10 +1,11 @@
 """What ``tools/train_net.py`` does before any process starts: its arguments and every check.
 
 detectron2's ``default_argument_parser`` knows nothing of this project; :func:`build_parser` adds
-the configs, the common ``UWM.*`` keys and the rule that flags come before ``KEY VALUE``
-overrides to ``--help``. :func:`prepare_run` then checks everything that can be checked without
-starting training, in an order that writes nothing until all of it passed: a missing
-``--config-file``, a flag after the overrides, the config, ``OUTPUT_DIR``, the process count, the
+the help of its flags and ``--verbose`` (the tool's docstring gives the configs, the common
+``UWM.*`` keys and the examples; :func:`uwm_d2.cli.parse_tool_args` checks that flags come before
+the ``KEY VALUE`` overrides). :func:`prepare_run` then checks everything that can be checked
+without starting training, in an order that writes nothing until all of it passed: a missing
+``--config-file``, the config, ``OUTPUT_DIR``, the process count, the
 data root, the checkpoint to load (a local file must exist; a model-zoo URL is fetched now, so an
 offline machine fails in one line instead of leaving ``config.yaml``, ``log.txt`` and an events
 file behind after hundreds of lines of output), and finally the COCO files (built once, here,
@@ -17,63 +18,23 @@ import argparse
 import contextlib
 import io
 import sys
-from collections.abc import Sequence
 from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
-from uwm_d2.core.errors import UWMInputError
-
-#: Prefixes of ``MODEL.WEIGHTS`` that name a download rather than a local file.
-REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "s3://", "gs://")
-
-_HELP = """\
-configs (configs/):
-  demo/semantic_R_18_FPN_cpu_demo.yaml     make demo's model: per-class sigmoid maps, CPU
-  demo/mask_rcnn_R_18_FPN_cpu_demo.yaml    Mask R-CNN at the demo size, CPU
-  demo/panoptic_fpn_R_18_cpu_demo.yaml     both heads on one backbone, CPU
-  quick_schedules/*_instant_test.yaml      6 iterations of each kind: smoke tests
-  mask_rcnn_R_50_FPN_3x_uwm.yaml           GPU, from COCO weights (downloads once)
-  mask_rcnn_R_101_FPN_3x_uwm.yaml          GPU, from COCO weights (downloads once)
-  mask_rcnn_R_50_FPN_gn_scratch_uwm.yaml   GPU, from scratch (no download)
-  semantic_R_50_FPN_3x_uwm.yaml, panoptic_fpn_R_50_3x_uwm.yaml   GPU, the other kinds
-
-common overrides (KEY VALUE, after every flag; all keys: docs/config.md):
-  UWM.DATA_ROOT DIR        the competition-layout data (train.csv, train/)
-  UWM.COCO_DIR DIR         its COCO files (built there first if missing); default OUTPUT_DIR/coco
-  UWM.FOLD K               the validation fold (uwm_train / uwm_val follow it)
-  OUTPUT_DIR DIR           checkpoints, metrics.json, log.txt
-  MODEL.DEVICE cpu|cuda    SOLVER.MAX_ITER N    SOLVER.IMS_PER_BATCH N    SOLVER.BASE_LR X
-  MODEL.WEIGHTS FILE       start from (or, with --eval-only, score) this checkpoint
-
-examples:
-  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      UWM.DATA_ROOT demo_output/data OUTPUT_DIR out/semantic
-  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      --resume UWM.DATA_ROOT demo_output/data OUTPUT_DIR out/semantic SOLVER.MAX_ITER 600
-  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      --eval-only UWM.DATA_ROOT demo_output/data MODEL.WEIGHTS out/semantic/model_best.pth
-  python tools/train_net.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml --num-gpus 8 \\
-      UWM.DATA_ROOT /data/uwmgi UWM.COCO_DIR /data/coco UWM.FOLD 0 OUTPUT_DIR out/r50_f0
-
-Flags (--resume, --eval-only, --num-gpus, ...) go BEFORE the KEY VALUE overrides: everything after
-the first override is read as overrides. With MODEL.DEVICE cpu, --num-gpus N starts N CPU
-processes (gloo). Ctrl-C stops training; rerun the same command with --resume to continue from
-the last checkpoint. The console shows progress; OUTPUT_DIR/log.txt has detectron2's full log
-(--verbose prints it to the console too).
-"""
+from uwm_d2.core.errors import UWMInputError, one_line
+from uwm_d2.core.weights import is_remote, split_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` with this project's help and ``--verbose``."""
+    """detectron2's ``default_argument_parser`` with this project's flag help and ``--verbose``.
+
+    The description and examples come from ``tools/train_net.py``'s docstring
+    (:func:`uwm_d2.cli.tool_parser`).
+    """
     from detectron2.engine import default_argument_parser
 
-    parser = default_argument_parser(epilog=_HELP)
-    parser.description = (
-        "Train or evaluate a uwm_d2 model (Mask R-CNN, semantic or both) on the UW-Madison GI\n"
-        "tract data: detectron2's train_net, with this project's data, metric and checks."
-    )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser = default_argument_parser()
     helps = {
         "--num-gpus": "processes per machine: one per GPU (MODEL.DEVICE cuda), or CPU processes",
         "--resume": "continue from OUTPUT_DIR's last checkpoint (same iteration, same best score)",
@@ -95,16 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_flag_order(opts: Sequence[str]) -> None:
-    """A flag among the overrides would be read as a config key: say so, by name."""
-    flags = [token for token in opts if token.startswith("--")]
-    if flags:
-        raise UWMInputError(
-            f"flag {flags[0]} comes after the KEY VALUE overrides; put every flag before the "
-            f"first override (e.g. train_net.py --config-file ... {flags[0]} UWM.DATA_ROOT ...)"
-        )
-
-
 def check_weights(cfg: Any, eval_only: bool, resume: bool) -> None:
     """The checkpoint the run will load exists (local) or can be fetched now (a URL); the one
     ``--eval-only`` scores also fits the config.
@@ -121,7 +72,7 @@ def check_weights(cfg: Any, eval_only: bool, resume: bool) -> None:
         if eval_only:
             raise UWMInputError("--eval-only needs a checkpoint: set MODEL.WEIGHTS")
         return
-    if weights.startswith(REMOTE_PREFIXES):
+    if is_remote(weights):
         from detectron2.checkpoint.catalog import ModelCatalog  # noqa: F401 (registers handlers)
         from detectron2.utils.file_io import PathManager
 
@@ -132,15 +83,15 @@ def check_weights(cfg: Any, eval_only: bool, resume: bool) -> None:
             with quiet:
                 PathManager.get_local_path(weights)  # downloads once into the cache
         except Exception as error:  # any failure to fetch is the same to the user
-            reason = " ".join(str(error).split())[:200]
+            reason = one_line(error, 200)
             raise UWMInputError(
                 f"cannot fetch MODEL.WEIGHTS {weights!r} ({reason}); offline, train from scratch "
                 "with configs/mask_rcnn_R_50_FPN_gn_scratch_uwm.yaml or a demo config"
             ) from None
         return
-    for path in weights.split(","):
-        if not Path(path.strip()).is_file():
-            raise UWMInputError(f"MODEL.WEIGHTS {path.strip()!r} does not exist")
+    for path in split_weights(weights):
+        if not Path(path).is_file():
+            raise UWMInputError(f"MODEL.WEIGHTS {path!r} does not exist")
     if eval_only:
         # Load it once into the model on the CPU: a checkpoint that does not fit the config fails
         # here, in one line, before anything is written.
@@ -241,8 +192,8 @@ def check_folds(cfg: Any, eval_only: bool, resume: bool) -> None:
         check_resume(RunSplits.read(cfg.OUTPUT_DIR), current, str(cfg.OUTPUT_DIR))
         return
     if eval_only:
-        weights = [w.strip() for w in str(cfg.MODEL.WEIGHTS).split(",") if w.strip()]
-        folders = {str(Path(w).parent): w for w in weights if not w.startswith(REMOTE_PREFIXES)}
+        weights = split_weights(str(cfg.MODEL.WEIGHTS), required=False)
+        folders = {str(Path(w).parent): w for w in weights if not is_remote(w)}
         if resume:
             folders[str(cfg.OUTPUT_DIR)] = str(cfg.OUTPUT_DIR)
         for folder, name in folders.items():
@@ -258,7 +209,7 @@ def prepare_run(args: argparse.Namespace) -> Any:
     """
     from uwm_d2.config import build_cfg, coco_dir_of
     from uwm_d2.core.atomic import check_output_folder
-    from uwm_d2.core.layout import check_data_root
+    from uwm_d2.core.layout_reader import check_data_root
     from uwm_d2.data.register import ensure_coco_files, has_coco_files
     from uwm_d2.engine.launch import check_num_processes
 
@@ -267,7 +218,6 @@ def prepare_run(args: argparse.Namespace) -> Any:
             "no --config-file given; e.g. --config-file "
             "configs/demo/semantic_R_18_FPN_cpu_demo.yaml (train_net.py --help lists the configs)"
         )
-    check_flag_order(args.opts)
     cfg = build_cfg(args.config_file, args.opts)
     check_output_folder(cfg.OUTPUT_DIR)
     # On CUDA one process per GPU; with MODEL.DEVICE cpu, --num-gpus counts CPU processes.

@@ -6,9 +6,9 @@ file; read as empty, blank rows could even raise a score), and so is a row that 
 (it usually means the two files describe different data). Each (case_day, class) volume stacks
 the truth slices of that case-day in slice-number order; scan shapes and spacings come from the
 scan file names under ``data_root/train`` and ``data_root/test``. The math is
-:func:`uwm_d2.core.metrics.score_volumes`.
+:func:`uwm_d2.core.readings.score_volumes`.
 
-:func:`score_rules` scores one submission under a named reading of the metric, or all of them
+:func:`score_csv` scores one submission under a named reading of the metric, or all of them
 (:mod:`uwm_d2.core.readings`): ``project`` and ``competition`` from the truth and the scans,
 ``mlebench`` with MLE-bench's own grader (:mod:`uwm_d2.evaluation.mlebench`: rows matched by
 position, the files it would reject refused), from an answers file or from the truth and the scans.
@@ -27,39 +27,23 @@ import pandas as pd
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.ids import SLICE_THICKNESS_MM
-from uwm_d2.core.layout import (
-    check_data_root,
+from uwm_d2.core.layout_reader import (
     check_row,
     decode_row,
-    index_scans,
+    index_data_root,
     label_table,
     read_label_csv,
     read_prediction_csv,
     row_context,
 )
-from uwm_d2.core.metrics import LazyVolumes, score_volumes
-from uwm_d2.core.readings import READINGS
+from uwm_d2.core.readings import READINGS, LazyVolumes, score_volumes
 from uwm_d2.evaluation.mlebench import answers_from_data_root, score_mlebench
 
-#: What :func:`score_rules` (``tools/evaluate.py --rules``) accepts: a reading, or ``all``.
-RULES: tuple[str, ...] = (*READINGS, "all")
+#: What :func:`score_csv` (``tools/evaluate.py --reading``) accepts: a reading, or ``all``.
+READING_CHOICES: tuple[str, ...] = (*READINGS, "all")
 #: The readings that need the scans' geometry (sizes, spacings) from a data root and a truth CSV;
 #: ``mlebench`` can also be scored from an answers file, which carries the sizes itself.
 NEEDS_DATA_ROOT: tuple[str, ...] = ("project", "competition", "all")
-
-
-def _index_data_root(root: Path) -> pd.DataFrame:
-    """All scans of ``train/`` and ``test/`` (whichever exist), one row per slice id."""
-    check_data_root(root)
-    frames = [index_scans(root, split) for split in ("train", "test") if (root / split).is_dir()]
-    if not frames:
-        raise UWMInputError(f"data root {str(root)!r} has neither a train/ nor a test/ folder")
-    scans = pd.concat(frames, ignore_index=True)
-    repeated = scans["id"].duplicated()
-    if repeated.any():
-        slice_id = scans.loc[repeated.idxmax(), "id"]
-        raise UWMInputError(f"scan {slice_id} is in both train/ and test/ of {str(root)!r}")
-    return scans.set_index("id")
 
 
 class CsvVolumes(LazyVolumes):
@@ -107,7 +91,7 @@ def score_submission(
     readings: str | Sequence[str] = (),
     clinical: bool = True,
 ) -> dict[str, Any]:
-    """Score ``pred_csv`` against ``truth_csv``; see :func:`uwm_d2.core.metrics.score_volumes`.
+    """Score ``pred_csv`` against ``truth_csv``; see :func:`uwm_d2.core.readings.score_volumes`.
 
     Args:
         data_root: holds ``train/`` and/or ``test/`` with the scans the CSVs describe (only the
@@ -118,7 +102,7 @@ def score_submission(
             :data:`uwm_d2.core.readings.READINGS` or ``"all"``); each is scored from the volumes
             these CSVs decode to (matched by ``(id, class)``, missing rows empty), so this
             ``mlebench`` entry is the volume-level reading, not the file-level grader of
-            :func:`score_rules`.
+            :func:`score_csv`.
         clinical: also compute the clinical block (HD95 is the slowest part of the scoring).
 
     Returns:
@@ -179,7 +163,7 @@ def load_volumes(
     pred = read_prediction_csv(pred_path)
     if truth.empty:
         raise UWMInputError(f"truth CSV {str(truth_path)!r} has no rows")
-    scans = _index_data_root(Path(data_root))
+    scans = index_data_root(data_root).set_index("id")
 
     label_table(truth, "segmentation", truth_path.name, scans.index, str(data_root))
     check_same_rows(truth, pred, truth_path.name, pred_path.name)
@@ -269,9 +253,9 @@ def volume_comparison(
     return rows
 
 
-def score_rules(
+def score_csv(
     pred_csv: str | os.PathLike,
-    rules: str = "project",
+    reading: str = "project",
     *,
     data_root: str | os.PathLike | None = None,
     truth_csv: str | os.PathLike | None = None,
@@ -290,12 +274,12 @@ def score_rules(
 
     Args:
         pred_csv: the submission, ``id,class,predicted``.
-        rules: a name of :data:`RULES`.
+        reading: a name of :data:`READING_CHOICES`.
         data_root, truth_csv: the scans (only their names are read) and ``id,class,segmentation``.
         answers_csv: MLE-bench's answers file, instead of the two above.
 
     Returns:
-        A JSON-serializable dict, by ``rules``:
+        A JSON-serializable dict, by ``reading``:
 
         * ``project``: :func:`score_submission`'s result, unchanged (with ``clinical``);
         * ``competition``: that reading's summary (``reading``, ``score``, ``dice``,
@@ -312,14 +296,14 @@ def score_rules(
             reading that needs a data root asked for with an answers file only, or neither (or
             both) sources of truth given.
     """
-    if rules not in RULES:
-        raise UWMInputError(f"unknown rules {rules!r} (known: {', '.join(RULES)})")
+    if reading not in READING_CHOICES:
+        raise UWMInputError(f"unknown reading {reading!r} (known: {', '.join(READING_CHOICES)})")
     if answers_csv is not None:
         if data_root is not None or truth_csv is not None:
             raise UWMInputError("an answers file replaces the data root and truth CSV: give one")
-        if rules != "mlebench":
+        if reading != "mlebench":
             raise UWMInputError(
-                f"rules {rules!r} need the scans' geometry from a data root and a truth CSV; "
+                f"reading {reading!r} needs the scans' geometry from a data root and a truth CSV; "
                 f"an answers file alone is scored under 'mlebench' only"
             )
         return score_mlebench(answers_csv, pred_csv)
@@ -333,15 +317,15 @@ def score_rules(
         read_label_csv(truth_path), read_prediction_csv(pred_path), truth_path.name, pred_path.name
     )
     mlebench = None
-    if rules in ("mlebench", "all"):
+    if reading in ("mlebench", "all"):
         # First: it is quick, and a file MLE-bench refuses fails before the slow part.
         answers = answers_from_data_root(data_root, truth_csv)
         mlebench = score_mlebench(answers, pred_csv)
-        if rules == "mlebench":
+        if reading == "mlebench":
             return mlebench
-    if rules == "project":
+    if reading == "project":
         return score_submission(data_root, truth_csv, pred_csv)
-    if rules == "competition":
+    if reading == "competition":
         scored = score_submission(
             data_root, truth_csv, pred_csv, readings="competition", clinical=False
         )
@@ -379,11 +363,11 @@ def _summary_line(
     return line + "]"
 
 
-def summary_lines(result: Mapping[str, Any], rules: str) -> list[str]:
-    """One human line per reading of a :func:`score_rules` result (``all``: one per reading)."""
+def summary_lines(result: Mapping[str, Any], reading: str) -> list[str]:
+    """One human line per reading of a :func:`score_csv` result (``all``: one per reading)."""
     counts = (result["num_slices"], result["num_case_days"])
-    if rules == "all":
+    if reading == "all":
         return [
             _summary_line(summary, name, *counts) for name, summary in result["readings"].items()
         ]
-    return [_summary_line(result, rules, *counts)]
+    return [_summary_line(result, reading, *counts)]

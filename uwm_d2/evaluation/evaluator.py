@@ -8,7 +8,7 @@
 * ``evaluate()`` gathers those from every rank (``comm.gather``), rebuilds each case-day's
   ``(D, H, W)`` volumes per class (truth from the dataset dicts' annotations; a slice with no
   prediction counts as empty, as in the competition), applies the rule's 3D clean-up, and scores
-  them with :func:`uwm_d2.core.metrics.score_volumes`.
+  them with :func:`uwm_d2.core.readings.score_volumes`.
 
 The result is ``{"uwm": {...}}`` with flat float values (detectron2's ``EvalHook`` and
 ``BestCheckpointer`` read ``uwm/score``): ``score``, ``dice``, ``hausdorff``,
@@ -41,8 +41,7 @@ from pycocotools import mask as mask_util
 from uwm_d2.core.atomic import atomic_write_text
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import MergeRule
-from uwm_d2.core.metrics import LazyVolumes, score_volumes
-from uwm_d2.core.readings import DEFAULT_READING, resolve_readings
+from uwm_d2.core.readings import DEFAULT_READING, LazyVolumes, resolve_readings, score_volumes
 from uwm_d2.data.inputs import group_by_case_day
 from uwm_d2.modeling.probabilities import class_probabilities
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.merge import MergeRule
 
 #: The keys of a ``merge:`` section and the ``MergeRule`` fields they set.
@@ -58,8 +58,9 @@ def read_ensemble(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[s
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        detail = " ".join(str(error).split())
-        raise UWMInputError(f"ensemble file {str(path)!r} is not valid YAML: {detail}") from None
+        raise UWMInputError(
+            f"ensemble file {str(path)!r} is not valid YAML: {one_line(error)}"
+        ) from None
     if not isinstance(document, dict) or not isinstance(document.get("members"), list):
         raise UWMInputError(f"ensemble file {str(path)!r} needs a 'members:' list")
     unknown = set(document) - {"members", "merge"}

@@ -16,7 +16,7 @@ import pandas as pd
 
 from uwm_d2.core.atomic import check_writable_target
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.layout import index_scans
+from uwm_d2.core.layout_reader import index_scans
 from uwm_d2.core.progress import Progress
 from uwm_d2.inference.predictor import VolumePredictor, scan_records
 from uwm_d2.inference.submission import (

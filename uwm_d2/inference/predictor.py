@@ -29,21 +29,13 @@ from detectron2.modeling import build_model
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.merge import MergeRule
+from uwm_d2.core.weights import split_weights
 from uwm_d2.data.inputs import group_by_case_day, neighbor_files
 from uwm_d2.data.mapper import UWMDatasetMapper
 from uwm_d2.engine.checkpoint import load_checkpoint
 from uwm_d2.modeling.probabilities import check_soft_model, class_probabilities
 
 logger = logging.getLogger(__name__)
-
-
-def split_weights(weights: str | Sequence[str]) -> list[str]:
-    """``MODEL.WEIGHTS`` may list several checkpoints, comma-separated, for a fold ensemble."""
-    items = weights.split(",") if isinstance(weights, str) else list(weights)
-    paths = [str(path).strip() for path in items if str(path).strip()]
-    if not paths:
-        raise UWMInputError("no checkpoint given: set MODEL.WEIGHTS (comma-separate an ensemble)")
-    return paths
 
 
 def build_models(cfg: CfgNode) -> list[torch.nn.Module]:

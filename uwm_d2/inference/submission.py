@@ -16,7 +16,7 @@ import pandas as pd
 
 from uwm_d2.core.atomic import atomic_path
 from uwm_d2.core.ids import CLASSES, parse_slice_id
-from uwm_d2.core.layout import read_label_csv
+from uwm_d2.core.layout_reader import read_label_csv
 from uwm_d2.core.rle import rle_encode
 
 SUBMISSION_COLUMNS = ("id", "class", "predicted")

@@ -31,11 +31,13 @@ the image border, test-only patients never appear in training, and later days of
 ``test/``) reuse its anatomy, shifted and smoothly deformed. Everything is deterministic for a
 seed (byte-identical files, whatever the number of worker processes).
 
-Modules: :mod:`~uwm_d2.phantom.anatomy` (shapes and organs in mm), :mod:`~uwm_d2.phantom.render`
-(one slice's pixels and masks; bias, noise, gain), :mod:`~uwm_d2.phantom.layout` (the plan and
-the files). No torch here.
+Modules: :mod:`~uwm_d2.phantom.shapes` (ellipsoids, tubes and the nominal frame, in mm),
+:mod:`~uwm_d2.phantom.bowel` (the labelled organs), :mod:`~uwm_d2.phantom.anatomy` (the rest of a
+case's body, a later day's deformation), :mod:`~uwm_d2.phantom.render` (one slice's pixels and
+masks; bias, noise, gain), :mod:`~uwm_d2.phantom.layout_writer` (the plan, and the data root it
+writes; :mod:`uwm_d2.core.layout_reader` reads it back). No torch here.
 """
 
-from uwm_d2.phantom.layout import GEOMETRIES, PhantomSummary, ScanGeometry, make_phantom
+from uwm_d2.phantom.layout_writer import GEOMETRIES, PhantomSummary, ScanGeometry, make_phantom
 
 __all__ = ["GEOMETRIES", "PhantomSummary", "ScanGeometry", "make_phantom"]

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from uwm_d2.phantom.anatomy import Z_EXTENT_MM, Anatomy, Ellipsoid, Tube
+from uwm_d2.phantom.anatomy import Z_EXTENT_MM, Anatomy
+from uwm_d2.phantom.shapes import Ellipsoid, Tube
 
 #: Fixed-point bits for OpenCV drawing (coordinates in 1/16 pixel).
 _SHIFT = 4

@@ -1,5 +1,7 @@
 """Planning a phantom data root (cases, days, splits, geometries, gains) and writing it.
 
+(:mod:`uwm_d2.core.layout_reader` reads a data root in this layout.)
+
 :func:`make_phantom` draws the plan from the seed, renders every case-day (in worker processes via
 :func:`uwm_d2.core.progress.parallel_map`, largest first), and writes the competition's layout:
 ``train/<case>/<case>_<day>/scans/slice_<ZZZZ>_<W>_<H>_<PX>_<PY>.png``, the same under ``test/``,

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.layout import SCAN_COLUMNS, index_scans, read_label_csv, read_prediction_csv
+from uwm_d2.core.layout_reader import (
+    SCAN_COLUMNS,
+    index_data_root,
+    index_scans,
+    read_label_csv,
+    read_prediction_csv,
+    require_columns,
+)
 
 NAME = "slice_{:04d}_360_310_1.50_1.50.png"
 
@@ -160,3 +167,37 @@ def test_read_prediction_csv_needs_exactly_its_columns(tmp_path: Path, header: s
     path = _write(tmp_path / "sub.csv", header + "\n")
     with pytest.raises(UWMInputError, match=r"sub\.csv"):
         read_prediction_csv(path)
+
+
+def test_index_data_root_joins_train_and_test(tmp_path: Path) -> None:
+    root = _scans_root(tmp_path)
+    _touch(root, f"test/case7/case7_day1/scans/{NAME.format(3)}")
+    scans = index_data_root(root)
+    assert scans["id"].tolist()[-1] == "case7_day1_slice_0003"
+    assert len(scans) == len(index_scans(root, "train")) + 1
+    assert scans.index.tolist() == list(range(len(scans)))
+    pd.testing.assert_frame_equal(index_data_root(root, "test"), index_scans(root, "test"))
+
+
+def test_index_data_root_refuses_what_cannot_be_one_index(tmp_path: Path) -> None:
+    with pytest.raises(UWMInputError, match="is not a folder"):
+        index_data_root(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UWMInputError, match="neither a train/ nor a test/"):
+        index_data_root(tmp_path / "empty")
+    root = _scans_root(tmp_path)
+    _touch(root, f"test/case2/case2_day5/scans/{NAME.format(1)}")
+    with pytest.raises(UWMInputError, match="case2_day5_slice_0001 is in both train/ and test/"):
+        index_data_root(root)
+
+
+def test_require_columns_names_what_is_missing() -> None:
+    frame = pd.DataFrame(columns=["id", "rle"])
+    require_columns(frame, ("id",), "x.csv")
+    with pytest.raises(UWMInputError) as caught:
+        require_columns(frame, ("id", "class", "predicted"), "CSV 'x.csv'")
+    assert str(caught.value) == (
+        "CSV 'x.csv': no column 'class', 'predicted' (columns: 'id', 'rle')"
+    )
+    with pytest.raises(UWMInputError, match=r"^a\.csv: no column 'class' \(needs id, class\)$"):
+        require_columns(frame, ("class",), "a.csv", "needs id, class")

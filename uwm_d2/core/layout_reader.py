@@ -1,4 +1,6 @@
-"""The competition's data layout on disk: the scan index of a split and the label / prediction CSVs.
+"""Reading the competition's data layout on disk: the scan index and the label / prediction CSVs.
+
+(:mod:`uwm_d2.phantom.layout_writer` writes a data root in this layout.)
 
 A data root holds ``train.csv`` (``id,class,segmentation``), ``sample_submission.csv``
 (``id,class,predicted``) and ``<split>/case<N>/case<N>_day<M>/scans/slice_ZZZZ_W_H_PX_PY.png``.
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from uwm_d2.core.errors import UWMInputError
+from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.ids import (
     CLASSES,
     ScanName,
@@ -78,6 +81,50 @@ def check_data_root(root: str | os.PathLike, name: str = "data root") -> Path:
     if not path.is_dir():
         raise UWMInputError(f"{name} {str(path)!r} is not a folder")
     return path
+
+
+def index_data_root(root: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
+    """:func:`index_scans` of ``split``, or of ``train/`` and ``test/`` together when ``None``.
+
+    The one index of a whole data root (evaluation, export, MLE-bench's answers): whichever of the
+    two splits exist, concatenated in that order, with a fresh ``RangeIndex``.
+
+    Raises:
+        UWMInputError: ``root`` is not a folder, has neither split, or holds one slice id in both;
+            as :func:`index_scans`.
+    """
+    root = check_data_root(root)
+    if split is not None:
+        return index_scans(root, split)
+    splits = [name for name in ("train", "test") if (root / name).is_dir()]
+    if not splits:
+        raise UWMInputError(f"data root {str(root)!r} has neither a train/ nor a test/ folder")
+    scans = pd.concat([index_scans(root, name) for name in splits], ignore_index=True)
+    repeated = scans["id"].duplicated()
+    if repeated.any():
+        slice_id = scans.loc[repeated.idxmax(), "id"]
+        raise UWMInputError(f"scan {slice_id} is in both train/ and test/ of {str(root)!r}")
+    return scans
+
+
+def require_columns(
+    frame: pd.DataFrame, required: Sequence[str], where: str, needs: str = ""
+) -> None:
+    """The one check that a table has the columns a reader needs.
+
+    Args:
+        frame: the table as read.
+        required: its column names that must be present.
+        where: how the message starts (the file, e.g. ``"CSV 'train.csv'"``).
+        needs: what the message says in brackets; the columns the table has by default.
+
+    Raises:
+        UWMInputError: ``"<where>: no column 'a', 'b' (<needs>)"``.
+    """
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        explained = needs or f"columns: {', '.join(map(repr, frame.columns))}"
+        raise UWMInputError(f"{where}: no column {', '.join(map(repr, missing))} ({explained})")
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
@@ -230,12 +277,7 @@ def read_label_csv(path: str | os.PathLike, value_column: str = "segmentation") 
     """
     path = Path(path)
     frame = read_csv_cells(path)
-    missing = [column for column in ("id", "class", value_column) if column not in frame.columns]
-    if missing:
-        raise UWMInputError(
-            f"CSV {str(path)!r} has no column {', '.join(map(repr, missing))} "
-            f"(columns: {', '.join(map(repr, frame.columns))})"
-        )
+    require_columns(frame, ("id", "class", value_column), f"CSV {str(path)!r}")
     return _validate_rows(path, frame[["id", "class", value_column]])
 
 
@@ -257,12 +299,7 @@ def read_prediction_csv(path: str | os.PathLike) -> pd.DataFrame:
             f"CSV {str(path)!r} must have exactly one of the columns 'predicted' or "
             f"'segmentation', it has {problem}"
         )
-    missing = [column for column in ("id", "class") if column not in frame.columns]
-    if missing:
-        raise UWMInputError(
-            f"CSV {str(path)!r} has no column {', '.join(map(repr, missing))} "
-            f"(columns: {', '.join(map(repr, frame.columns))})"
-        )
+    require_columns(frame, ("id", "class"), f"CSV {str(path)!r}")
     frame = frame[["id", "class", present[0]]].rename(columns={present[0]: "predicted"})
     return _validate_rows(path, frame)
 
@@ -284,8 +321,7 @@ def read_csv_cells(path: str | os.PathLike, what: str = "CSV") -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise UWMInputError(f"{what} {str(path)!r} is empty (no header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        detail = " ".join(str(error).split())
-        raise UWMInputError(f"{what} {str(path)!r} cannot be parsed: {detail}") from None
+        raise UWMInputError(f"{what} {str(path)!r} cannot be parsed: {one_line(error)}") from None
     except OSError as error:
         reason = error.strerror or error
         raise UWMInputError(f"{what} {str(path)!r} cannot be read ({reason})") from None
