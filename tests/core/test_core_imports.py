@@ -8,11 +8,18 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+#: Modules outside ``uwm_d2.core``'s own imports that must load without torch too.
+TORCH_FREE_MODULES = (
+    "uwm_d2.core.merge_steps",
+)
+
 
 def test_importing_core_loads_neither_torch_nor_detectron2() -> None:
     code = (
         "import sys\n"
         "import uwm_d2.core\n"
+        + "".join(f"import {name}\n" for name in TORCH_FREE_MODULES)
+        +
         "from uwm_d2.core import rle_encode, rle_decode, score_volumes, MergeRule\n"
         "heavy = sorted(name for name in sys.modules\n"
         "               if name.split('.')[0] in ('torch', 'detectron2', 'torchvision'))\n"
