@@ -12,6 +12,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TORCH_FREE_MODULES = (
     "uwm_d2.core.merge_steps",
     "uwm_d2.core.probability_files",
+    "uwm_d2.crossval.candidates",
+    "uwm_d2.crossval.search",
+    "uwm_d2.crossval.sources",
+    "uwm_d2.crossval.synthetic",
+    "uwm_d2.crossval.truth",
 )
 
 
