@@ -13,10 +13,12 @@ TORCH_FREE_MODULES = (
     "uwm_d2.core.merge_steps",
     "uwm_d2.core.probability_files",
     "uwm_d2.crossval.candidates",
+    "uwm_d2.crossval.passes",
     "uwm_d2.crossval.search",
     "uwm_d2.crossval.sources",
     "uwm_d2.crossval.synthetic",
     "uwm_d2.crossval.truth",
+    "uwm_d2.crossval.uncertainty",
 )
 
 

@@ -32,14 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from uwm_d2.core.ids import CLASSES, parse_case_day
+from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import PER_CLASS_SETTINGS, MergeRule
 from uwm_d2.core.merge_steps import ClassRule
-from uwm_d2.core.progress import Progress, parallel_map
 from uwm_d2.core.readings import READINGS, ReadingTally, resolve_readings
-from uwm_d2.crossval.candidates import CaseDayJob, CaseDayResult, JointRule, evaluate_case_day
+from uwm_d2.crossval.candidates import JointRule
+from uwm_d2.crossval.passes import CaseDayPasses
 from uwm_d2.crossval.sources import OofSource
-from uwm_d2.crossval.truth import TruthRow, TruthTable
+from uwm_d2.crossval.truth import TruthTable
 
 #: A candidate must beat the current settings by more than this (float sums in another order
 #: must not swap equal rules).
@@ -149,48 +149,6 @@ def _score(tally: ReadingTally, class_index: int | None) -> float:
     return -math.inf if summary["score"] is None else float(summary["score"])
 
 
-class _Passes:
-    """Runs passes over the case-days and keeps the tallies per fold and item."""
-
-    def __init__(self, source: OofSource, truth: TruthTable, reading: str, workers: int) -> None:
-        self.source, self.truth, self.reading, self.workers = source, truth, reading, workers
-        self.rows: dict[str, tuple[TruthRow, ...]] = {}
-        for case_day in source.case_days:
-            self.rows[case_day] = tuple(truth.rows(case_day, source.slice_ids(case_day)))
-        self.num_slices = sum(len(rows) for rows in self.rows.values())
-
-    def run(self, desc: str, class_items=(), joint_items=(), readings=()) -> list[CaseDayResult]:
-        jobs = [
-            CaseDayJob(
-                self.source,
-                case_day,
-                rows,
-                self.truth.csv_name,
-                self.reading,
-                tuple(class_items),
-                tuple(joint_items),
-                tuple(readings),
-            )
-            for case_day, rows in self.rows.items()
-        ]
-        with Progress(self.num_slices, desc, group_unit="case-day") as progress:
-            return parallel_map(
-                evaluate_case_day, jobs, self.workers, progress, lambda job: len(job.truth_rows)
-            )
-
-    def per_fold(self, results: list[CaseDayResult], joint: bool) -> dict:
-        """``{fold: {item: tally}}`` summed over each fold's case-days."""
-        sums: dict[Any, dict[Any, ReadingTally]] = {}
-        for result in results:
-            fold = self.source.fold_of(result.case_day)
-            items = result.joint_tallies if joint else result.class_tallies
-            target = sums.setdefault(fold, {})
-            for item, tally in items.items():
-                key = item[1] if joint else item
-                target[key] = target[key] + tally if key in target else tally
-        return sums
-
-
 def _best(search: _Search, sums: dict, items: list, class_index: int | None, current) -> Any:
     """The item with the highest score over the search's folds (``current`` on ties)."""
 
@@ -232,7 +190,7 @@ def search_rule(
     reading = chosen_reading.name
     grid = grid or SearchGrid()
     source = folders if isinstance(folders, OofSource) else OofSource.open(folders)
-    passes = _Passes(source, TruthTable(labels), reading, workers)
+    passes = CaseDayPasses(source, TruthTable(labels), reading, workers)
     folds = {case_day: source.fold_of(case_day) for case_day in source.case_days}
     all_folds = frozenset(folds.values())
     start = [default.class_rule(c) for c in range(len(CLASSES))]
@@ -260,7 +218,9 @@ def search_rule(
         for fold in real_folds
         if f"without fold {fold}" in searches
     }
-    tallies = _report_pass(passes, default, chosen, fold_rules, folds)
+    cross = {fold: fold_rules.get(fold, chosen) for fold in all_folds}
+    rules = {"default": default, "chosen": chosen, "cross_validated": cross}
+    tallies = passes.tally_rules(rules, "rule search: report")
     history = [dict(entry, search=name) for name, s in searches.items() for entry in s.history]
     return SearchResult(reading, default, chosen, fold_rules, folds, tallies, history)
 
@@ -321,28 +281,3 @@ def _joint_stage(passes, searches, grid, stage, settings, round_, class_index) -
             {"stage": stage, "round": round_ + 1, "class": CLASSES[class_index], "score": score}
         )
     return changed
-
-
-def _joint(rule: MergeRule) -> JointRule:
-    return tuple(rule.class_rule(c) for c in range(len(CLASSES)))
-
-
-def _report_pass(passes, default, chosen, fold_rules, folds) -> dict:
-    """Every case-day's tallies of the default, chosen and cross-validated rules, all readings."""
-    items = {_joint(default): None, _joint(chosen): None}
-    items.update(dict.fromkeys(_joint(rule) for rule in fold_rules.values()))
-    readings = tuple(READINGS)
-    results = passes.run("rule search: report", joint_items=items, readings=readings)
-    tallies: dict[str, dict[str, dict[str, ReadingTally]]] = {}
-    for result in results:
-        fold = folds[result.case_day]
-        cross = fold_rules.get(fold, chosen)
-        tallies[result.case_day] = {
-            label: {r: result.joint_tallies[(r, _joint(rule))] for r in readings}
-            for label, rule in (
-                ("default", default),
-                ("chosen", chosen),
-                ("cross_validated", cross),
-            )
-        }
-    return dict(sorted(tallies.items(), key=lambda item: parse_case_day(item[0])))
