@@ -13,6 +13,7 @@ TORCH_FREE_MODULES = (
     "uwm_d2.core.merge_steps",
     "uwm_d2.core.probability_files",
     "uwm_d2.crossval.candidates",
+    "uwm_d2.crossval.members",
     "uwm_d2.crossval.passes",
     "uwm_d2.crossval.search",
     "uwm_d2.crossval.sources",

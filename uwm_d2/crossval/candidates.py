@@ -194,6 +194,11 @@ def evaluate_case_day(job: CaseDayJob) -> CaseDayResult:
     if tuple(slice_ids) != tuple(row[0] for row in job.truth_rows):
         raise ValueError(f"{job.case_day}: the truth rows are not the slices of the maps")
     truth = truth_volume(job.truth_rows, grid.shape[2:], job.csv_name)
+    return evaluate_maps(job, grid, truth)
+
+
+def evaluate_maps(job: CaseDayJob, grid: np.ndarray, truth: np.ndarray) -> CaseDayResult:
+    """Score every item of ``job`` on loaded ``(D, C, H, W)`` maps (``uint8``) and truth."""
     per_class = READINGS[job.reading].hausdorff_per_class
     class_items = set(job.class_items)
     class_tallies: dict[tuple[int, ClassRule], ReadingTally] = {}
@@ -233,4 +238,4 @@ def evaluate_case_day(job: CaseDayJob) -> CaseDayResult:
         }
         for reading in job.readings or (job.reading,):
             joint_tallies[(reading, rules)] = tally_case_day(reading, pairs, job.case_day)
-    return CaseDayResult(job.case_day, len(slice_ids), class_tallies, joint_tallies)
+    return CaseDayResult(job.case_day, grid.shape[0], class_tallies, joint_tallies)
