@@ -55,7 +55,7 @@ def test_shared_steps_give_each_rule_its_own_masks() -> None:
         for k in (1, 3) for largest in (False, True)
     ]  # fmt: skip
     seen = 0
-    for rule, mask, cut_only in class_masks(grid, rules):
+    for rule, mask, cut_only, _ in class_masks(grid, rules):
         np.testing.assert_array_equal(mask, rule.masks(grid))
         if cut_only:  # nothing after the cut changed the mask: the histogram Dice applies
             cut = smooth_z(grid, rule.z_smoothing) >= cut_level(rule.mask_threshold)
@@ -186,3 +186,21 @@ def test_a_slice_without_truth_rows_is_named(tmp_path: Path) -> None:
     labels.write_text("\n".join(line for line in lines if "case2_day0_slice_0004" not in line))
     with pytest.raises(UWMInputError, match="no rows for slice case2_day0_slice_0004 of case2"):
         search_rule([oof], labels, MergeRule(), grid=SPAN_ONLY)
+
+
+def test_a_case_days_tallies_travel_between_processes(tmp_path: Path) -> None:
+    import pickle
+
+    from uwm_d2.crossval.candidates import CaseDayJob, evaluate_case_day
+    from uwm_d2.crossval.truth import TruthTable
+
+    oof, labels = write_planted(tmp_path, _stray_days())
+    source = OofSource.open([oof])
+    rows = tuple(TruthTable(labels).rows("case1_day0", source.slice_ids("case1_day0")))
+    items = ((0, ClassRule()), (1, ClassRule(min_slices_3d=3)))
+    joint = ((ClassRule(),) * 3,)
+    job = CaseDayJob(source, "case1_day0", rows, "train.csv", "project", items, joint)
+    result = evaluate_case_day(pickle.loads(pickle.dumps(job)))
+    back = pickle.loads(pickle.dumps(result))
+    assert back.class_tallies == result.class_tallies and back.joint_tallies == result.joint_tallies
+    assert back.class_tallies[items[1]].summary()["score"] == pytest.approx(1.0)

@@ -88,15 +88,18 @@ def smooth_z(grid_volume: np.ndarray, weight: float) -> np.ndarray:
     """Step 2 on a ``(D, H, W)`` ``uint8`` volume (a new array unless ``weight == 0``)."""
     if weight == 0 or grid_volume.shape[0] < 2:
         return grid_volume
-    values = grid_volume.astype(np.float32)
-    total = values.copy()
+    # (q_z + w (q_{z-1} + q_{z+1})) / (1 + w n): the neighbours' sum is exact in uint16.
+    neighbours_sum = np.zeros(grid_volume.shape, dtype=np.uint16)
+    neighbours_sum[1:] += grid_volume[:-1]
+    neighbours_sum[:-1] += grid_volume[1:]
     w = np.float32(weight)
-    total[1:] += w * values[:-1]
-    total[:-1] += w * values[1:]
-    neighbours = np.full(values.shape[0], 2.0, dtype=np.float32)
-    neighbours[0] = neighbours[-1] = 1.0
-    total /= (1 + w * neighbours)[:, None, None]
-    return np.rint(total).astype(np.uint8)
+    total = neighbours_sum.astype(np.float32)
+    total *= w
+    total += grid_volume
+    count = np.full(grid_volume.shape[0], 2.0, dtype=np.float32)
+    count[0] = count[-1] = 1.0
+    total /= (1 + w * count)[:, None, None]
+    return np.rint(total, out=total).astype(np.uint8)
 
 
 def gate_slices(

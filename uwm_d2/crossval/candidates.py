@@ -65,6 +65,30 @@ class CaseDayResult:
     class_tallies: dict[tuple[int, ClassRule], ReadingTally]
     joint_tallies: dict[tuple[str, JointRule], ReadingTally]
 
+    def __getstate__(self) -> dict:
+        # A ReadingTally holds read-only mapping proxies, which do not pickle: plain dicts
+        # travel back from the worker instead (an equal tally).
+        state = dict(self.__dict__)
+        for name in ("class_tallies", "joint_tallies"):
+            state[name] = {key: _portable(tally) for key, tally in state[name].items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in ("class_tallies", "joint_tallies"):
+            state[name] = {key: _restored(tally) for key, tally in state[name].items()}
+        self.__dict__.update(state)
+
+
+def _portable(tally: ReadingTally) -> ReadingTally:
+    return ReadingTally(tally.reading, dict(tally.dice), dict(tally.hausdorff), tally.shortcuts)
+
+
+def _restored(tally: ReadingTally) -> ReadingTally:
+    # An unpickled Reading with NaN fields (mlebench) is not equal to the registered one
+    # (NaN != NaN), and tallies add only under equal readings: take the registered one back.
+    reading = READINGS.get(tally.reading.name, tally.reading)
+    return ReadingTally(reading, tally.dice, tally.hausdorff, tally.shortcuts)
+
 
 def dice_counts_at_every_cut(
     grid_volume: np.ndarray, truth: np.ndarray
@@ -82,11 +106,17 @@ def dice_counts_at_every_cut(
     """
     depth = grid_volume.shape[0]
     levels = GRID_MAX + 1
-    offsets = (np.arange(depth, dtype=np.int64) * levels)[:, None]
-    flat = grid_volume.reshape(depth, -1).astype(np.int64) + offsets
-    inside = truth.reshape(depth, -1)
-    everything = np.bincount(flat.reshape(-1), minlength=depth * levels).reshape(depth, levels)
-    on_truth = np.bincount(flat[inside], minlength=depth * levels).reshape(depth, levels)
+    flat = grid_volume.reshape(-1)
+    inside = truth.reshape(-1)
+    # Only nonzero values can pass a cut above 0; the zeros of a slice are what is left over.
+    index = np.flatnonzero(flat)
+    pixels = flat.size // max(depth, 1)
+    keys = (index // pixels) * levels + flat[index]
+    everything = np.bincount(keys, minlength=depth * levels).reshape(depth, levels)
+    on_truth = np.bincount(keys[inside[index]], minlength=depth * levels).reshape(depth, levels)
+    truth_count = truth.reshape(depth, -1).sum(axis=1, dtype=np.int64)
+    everything[:, 0] = pixels - everything[:, 1:].sum(axis=1)
+    on_truth[:, 0] = truth_count - on_truth[:, 1:].sum(axis=1)
 
     def from_the_top(histogram: np.ndarray) -> np.ndarray:
         counts = np.zeros((depth, levels + 1), dtype=np.int64)
@@ -94,8 +124,7 @@ def dice_counts_at_every_cut(
         return counts
 
     intersection = from_the_top(on_truth)
-    truth_count = inside.sum(axis=1, dtype=np.int64)[:, None]
-    return intersection, from_the_top(everything) + truth_count
+    return intersection, from_the_top(everything) + truth_count[:, None]
 
 
 def _prefix(rule: ClassRule) -> tuple:
@@ -112,7 +141,7 @@ def _prefix(rule: ClassRule) -> tuple:
 
 
 def class_masks(grid_volume: np.ndarray, rules: Sequence[ClassRule]) -> Iterator[tuple]:
-    """``(rule, mask, cut_only)`` for each rule, as :meth:`ClassRule.masks` makes it.
+    """``(rule, mask, cut_only, smoothed)`` for each rule, as :meth:`ClassRule.masks` makes it.
 
     Rules are visited in step order, and each step's result is kept only while the rules that
     share it are visited (a handful of volumes at a time). ``cut_only``: no step after the cut
@@ -142,7 +171,7 @@ def class_masks(grid_volume: np.ndarray, rules: Sequence[ClassRule]) -> Iterator
             if keys[4] != key[:5]:
                 components, keys[4] = Components3D(flat), key[:5]
             mask = components.filtered(rule.min_slices_3d, rule.keep_largest_3d)
-        yield rule, mask, mask is cut
+        yield rule, mask, mask is cut, smoothed
 
 
 def _digest(mask: np.ndarray) -> bytes:
@@ -210,7 +239,7 @@ def evaluate_maps(job: CaseDayJob, grid: np.ndarray, truth: np.ndarray) -> CaseD
         histograms: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         memo: dict[bytes, ReadingTally] = {}
         truth_c = truth[:, class_index]
-        for rule, mask, cut_only in class_masks(grid[:, class_index], wanted):
+        for rule, mask, cut_only, smoothed in class_masks(grid[:, class_index], wanted):
             if (class_index, rule) in joint_rules:
                 packed[(class_index, rule)] = np.packbits(mask)
             if (class_index, rule) not in class_items or not per_class:
@@ -220,7 +249,6 @@ def evaluate_maps(job: CaseDayJob, grid: np.ndarray, truth: np.ndarray) -> CaseD
                 counts = None
                 if cut_only:
                     if rule.z_smoothing not in histograms:
-                        smoothed = smooth_z(grid[:, class_index], rule.z_smoothing)
                         histograms[rule.z_smoothing] = dice_counts_at_every_cut(smoothed, truth_c)
                     level = cut_level(rule.mask_threshold)
                     counts = tuple(part[:, level] for part in histograms[rule.z_smoothing])

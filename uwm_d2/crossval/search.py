@@ -11,8 +11,9 @@ from the config's rule, over the steps of :mod:`uwm_d2.core.merge_steps`:
 4. ``components_3d``: smallest 3D span x keep-the-largest.
 
 Each stage tries the grid of :class:`SearchGrid` for its settings (plus the current values),
-the others held at their current values, and keeps the best; rounds repeat the stages (the
-second adds cuts 0.025 either side of the current one) until one changes nothing. For the
+the others held at their current values, and keeps the best; a second round repeats the stages
+(adding cuts 0.025 either side of the current one), skipping a stage when nothing changed since
+it last ran. For the
 ``project`` and ``competition`` readings a class's score depends on that class's settings only
 (every class has as many Dice rows and Hausdorff volumes), so each class is chosen on its own
 score in the same pass. ``mlebench`` ORs the classes in its Hausdorff term: there each stage is
@@ -50,12 +51,12 @@ _MARGIN = 1e-12
 class SearchGrid:
     """The values each stage tries, for every class (the current value is always tried too)."""
 
-    z_smoothing: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    z_smoothing: tuple[float, ...] = (0.0, 0.5, 1.0)
     mask_threshold: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
-    slice_min_pixels: tuple[int, ...] = (0, 10, 25, 50)
-    slice_min_peak: tuple[float, ...] = (0.0, 0.7, 0.85)
-    min_component_2d: tuple[int, ...] = (0, 10, 25, 50, 100)
-    min_slices_3d: tuple[int, ...] = (1, 2, 3, 4, 6)
+    slice_min_pixels: tuple[int, ...] = (0, 10, 30)
+    slice_min_peak: tuple[float, ...] = (0.0, 0.8)
+    min_component_2d: tuple[int, ...] = (0, 10, 30, 60)
+    min_slices_3d: tuple[int, ...] = (1, 2, 3, 5)
     keep_largest_3d: tuple[bool, ...] = (False, True)
     rounds: int = 2
     refine_step: float = 0.025
@@ -200,18 +201,22 @@ def search_rule(
         for fold in real_folds:
             searches[f"without fold {fold}"] = _Search(all_folds - {fold}, list(start))
     joint = not READINGS[reading].hausdorff_per_class
+    changes, seen = 0, {}  # changes so far; the count each stage last ran after
     for round_ in range(grid.rounds):
-        changed = False
         for stage, settings in SearchGrid.STAGES:
+            # The cut of a later round has new (refined) candidates; any other stage would
+            # change nothing when nothing changed since it last ran.
+            key = (stage, round_) if stage == "cut" else stage
+            if seen.get(key) == changes:
+                continue
             if joint:
                 for class_index in range(len(CLASSES)):
-                    changed |= _joint_stage(
+                    changes += _joint_stage(
                         passes, searches, grid, stage, settings, round_, class_index
                     )
             else:
-                changed |= _class_stage(passes, searches, grid, stage, settings, round_)
-        if not changed:
-            break
+                changes += _class_stage(passes, searches, grid, stage, settings, round_)
+            seen[key] = changes
     chosen = merge_rule_of(default, searches["all"].rules)
     fold_rules = {
         fold: merge_rule_of(default, searches[f"without fold {fold}"].rules)
