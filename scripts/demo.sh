@@ -21,8 +21,18 @@ if [[ -n "$DATA" && ! -f "$DATA/train.csv" ]]; then
     echo "error: DATA=$DATA is not a competition-layout root (no train.csv there)" >&2
     exit 2
 fi
+# Only a folder an earlier demo made (it holds the marker) is replaced, and the demo says so.
+MARKER="$OUT/.uwm_demo_output"
+if [[ -e "$OUT" && ! -f "$MARKER" && -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
+    echo "error: DEMO_DIR=$OUT exists and was not made by make demo; choose another DEMO_DIR" >&2
+    exit 2
+fi
+if [[ -f "$MARKER" ]]; then
+    echo "replacing $OUT (the previous demo's outputs: $(du -sh "$OUT" | cut -f1))" >&2
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
+touch "$MARKER"
 step() { printf '\n== %s\n' "$*" >&2; }
 
 if [[ -z "$DATA" ]]; then
@@ -38,10 +48,10 @@ step "2/6 COCO files -> $OUT/coco"
 "$PY" tools/make_coco.py --data-root "$DATA" --out "$OUT/coco" --folds 4 >&2
 
 step "3/6 training $CONFIG on the CPU -> $OUT/train (about 4 minutes on 2 cores)"
+# Progress (iteration, losses, ETA, validation scores) on the console and in train.log alike.
 "$PY" tools/train_net.py --config-file "$CONFIG" \
     UWM.DATA_ROOT "$DATA" UWM.COCO_DIR "$OUT/coco" UWM.NUM_FOLDS 4 OUTPUT_DIR "$OUT/train" \
-    MODEL.DEVICE cpu > "$OUT/train.log" 2>&1 || { tail -n 30 "$OUT/train.log" >&2; exit 1; }
-grep -E "uwm_val: score|Overall training speed" "$OUT/train.log" | tail -n 3 >&2 || true
+    MODEL.DEVICE cpu 2>&1 | tee "$OUT/train.log" >&2
 
 # What to predict and score: the data's own test split with its truth, or else the held-out fold.
 if [[ -d "$DATA/test" && -f "$DATA/test_truth.csv" ]]; then

@@ -1,9 +1,11 @@
 """Score a submission CSV against the truth with the competition metric; print JSON.
 
-Prints one line per reading of the metric to stderr (``score S (dice D, hausdorff H) on N slices,
-M case-days [reading]``) and one JSON object to stdout, so ``evaluate ... > scores.json`` keeps
-only the JSON. The readings (``--rules``) are ``uwm_d2.core.readings``'s; ``mlebench`` is
-MLE-bench's grader itself (``uwm_d2.evaluation.mlebench``). The logic is
+Prints one line per reading of the metric (``score S (dice D, hausdorff H) on N slices, M case-days
+[reading]``) and the whole result as JSON: with ``--json FILE`` the JSON goes to the file and the
+summary lines to stdout; without it the JSON goes to stdout and the summary lines to stderr, so
+``evaluate ... > scores.json`` keeps only the JSON. A submission must hold every (id, class) row of
+the truth, under every reading. The readings (``--rules``) are ``uwm_d2.core.readings``'s;
+``mlebench`` is MLE-bench's grader itself (``uwm_d2.evaluation.mlebench``). The logic is
 ``uwm_d2.evaluation.csv_scoring.score_rules``.
 """
 
@@ -56,7 +58,7 @@ Examples:
       --pred submission.csv --rules all > scores.json
   # per organ and case-day: volumes in mL, their difference, 3D Dice and HD95 (mm), as CSV
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --volumes volumes.csv
+      --pred submission.csv --volumes volume_comparison.csv
   # MLE-bench's grader with its own answers file (no data root needed)
   python tools/evaluate.py --answers answers.csv --pred submission.csv --rules mlebench
 """
@@ -149,12 +151,15 @@ def main(argv: list[str] | None = None) -> None:
         rows = volume_comparison(args.data_root, args.truth, args.pred)
         volumes_text = volumes_csv_text(rows, COMPARISON_COLUMNS)
     text = json.dumps(result, indent=2)
-    for line in summary_lines(result, rules):
-        print(line, file=sys.stderr)
-    sys.stderr.flush()  # the human lines before the JSON when both go to one terminal
-    print(text)
     if args.json is not None:
+        # The JSON goes to its file; the terminal gets the summary, not 150 lines of JSON.
         atomic_write_text(args.json, text + "\n")
+        print("\n".join(summary_lines(result, rules)))
+    else:
+        for line in summary_lines(result, rules):
+            print(line, file=sys.stderr)
+        sys.stderr.flush()  # the human lines before the JSON when both go to one terminal
+        print(text)
     if volumes_text is not None:
         atomic_write_text(args.volumes, volumes_text)
 

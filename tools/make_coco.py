@@ -61,6 +61,8 @@ def main() -> None:
         exclude_bad=args.exclude_bad,
         workers=args.workers,
     )
+    if build.replaced:
+        print(build.replaced)
     print("\n".join(build.summary_lines()))
     print(f"wrote {len(build.files())} files to {args.out}")
 

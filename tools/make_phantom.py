@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uwm_d2.cli import run_main
+from uwm_d2.cli import int_at_least, run_main
 
 EXAMPLES = """\
 Examples:
@@ -41,19 +41,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         required=True,
         help="new or empty data root to write (missing parent folders are created)",
     )
-    parser.add_argument("--cases", type=int, default=6, help="training cases (default 6)")
     parser.add_argument(
-        "--test-cases", type=int, default=2, help="cases seen only in test/ (default 2)"
+        "--cases", type=int_at_least(1), default=6, help="training cases (default 6)"
+    )
+    parser.add_argument(
+        "--test-cases", type=int_at_least(0), default=2, help="cases seen only in test/ (default 2)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--max-slices", type=int, default=None, help="cap slices per scan (default: 144 or 80)"
+        "--max-slices",
+        type=int_at_least(1),
+        default=None,
+        help="cap slices per scan (default: 144 or 80)",
     )
     parser.add_argument(
-        "--days", type=int, default=None, help="scan days per case (default: 1 to 3 at random)"
+        "--days",
+        type=int_at_least(1),
+        default=None,
+        help="scan days per case (default: 1 to 3 at random)",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: all CPUs)"
+        "--workers", type=int_at_least(1), default=None, help="worker processes (default: all CPUs)"
     )
     return parser.parse_args(argv)
 

@@ -30,10 +30,12 @@ def setup(args: argparse.Namespace) -> Any:
 def main(args: argparse.Namespace) -> Any:
     """Runs in every process ``launch`` starts."""
     from uwm_d2.engine import UWMTrainer
+    from uwm_d2.engine.prepare import record_splits
 
     cfg = setup(args)
     if args.eval_only:
         return UWMTrainer.evaluate_checkpoint(cfg, resume=args.resume)
+    record_splits(cfg)  # what this run trains on: a resume on other folds is refused
     trainer = UWMTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -42,10 +44,19 @@ def main(args: argparse.Namespace) -> Any:
 def cli() -> None:
     from uwm_d2.cli import fail
     from uwm_d2.engine.launch import launch
-    from uwm_d2.engine.prepare import build_parser, prepare_run
+    from uwm_d2.engine.prepare import (
+        NothingToResumeError,
+        build_parser,
+        interrupted_message,
+        prepare_run,
+    )
 
     args = build_parser().parse_args()
-    cfg = prepare_run(args)  # every check, before any process starts or anything is written
+    try:
+        cfg = prepare_run(args)  # every check, before any process starts or anything is written
+    except NothingToResumeError as finished:
+        print(finished)
+        return
     try:
         launch(
             main,
@@ -57,11 +68,7 @@ def cli() -> None:
             args=(args,),
         )
     except KeyboardInterrupt:
-        fail(
-            "interrupted; rerun the same command with --resume to continue from the last "
-            f"checkpoint in {cfg.OUTPUT_DIR}",
-            status=130,
-        )
+        fail(interrupted_message(cfg, args.eval_only), status=130)
 
 
 if __name__ == "__main__":

@@ -260,14 +260,16 @@ def check_device(cfg: CN) -> None:
 
 
 def setup_cfg(args: argparse.Namespace) -> CN:
-    """The whole ``setup(args)`` of a detectron2 tool: :func:`build_cfg` then ``default_setup``.
+    """The whole ``setup(args)`` of a detectron2 tool: :func:`build_cfg`, then what detectron2's
+    ``default_setup`` does, except that ``--eval-only`` leaves ``config.yaml`` alone.
 
-    ``default_setup`` creates ``OUTPUT_DIR``, sets up logging (``OUTPUT_DIR/log.txt``; the
-    ``uwm_d2`` loggers too), saves the full config as ``OUTPUT_DIR/config.yaml`` and seeds the
-    random generators. The console keeps to progress lines unless ``args.verbose``
-    (:func:`quiet_console`); ``log.txt`` gets everything, without terminal colour codes.
+    Creates ``OUTPUT_DIR``, sets up logging (``OUTPUT_DIR/log.txt``; the ``uwm_d2`` loggers too),
+    logs the environment, the arguments and the config, saves the full config as
+    ``OUTPUT_DIR/config.yaml`` (training only: an evaluation must not rewrite the config of the
+    run whose checkpoint it scores) and seeds the random generators with ``SEED`` + rank. The
+    console keeps to progress lines unless ``args.verbose`` (:func:`quiet_console`); ``log.txt``
+    gets everything, without terminal colour codes.
     """
-    from detectron2.engine import default_setup
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
 
@@ -290,8 +292,34 @@ def setup_cfg(args: argparse.Namespace) -> CN:
             logger.addFilter(_StripTerminalColours())
     if not getattr(args, "verbose", False):
         quiet_console()
-    default_setup(cfg, args)
+    _log_and_seed(cfg, args, loggers[1])
     return cfg
+
+
+def _log_and_seed(cfg: CN, args: argparse.Namespace, logger: logging.Logger) -> None:
+    """The rest of ``default_setup``: the run's facts into the log, the config file, the seeds."""
+    import torch
+    from detectron2.utils import comm
+    from detectron2.utils.collect_env import collect_env_info
+    from detectron2.utils.env import seed_all_rng
+
+    from uwm_d2.core.atomic import atomic_write_text
+
+    rank = comm.get_rank()
+    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
+    logger.info("Environment info:\n" + collect_env_info())
+    logger.info(f"Command line arguments: {args}")
+    logger.info(f"Contents of {args.config_file}:\n{Path(args.config_file).read_text()}")
+    logger.info(f"Running with full config:\n{cfg.dump()}")
+    eval_only = bool(getattr(args, "eval_only", False))
+    if comm.is_main_process() and not eval_only:
+        path = Path(cfg.OUTPUT_DIR) / "config.yaml"
+        atomic_write_text(path, cfg.dump())
+        logger.info(f"Full config saved to {path}")
+    # A different, reproducible stream per process (SEED < 0: a fresh random seed per run).
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
 class _StripTerminalColours(logging.Filter):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,6 +40,12 @@ def _matplotlib():
     return plt
 
 
+def outline_width(shape: Sequence[int]) -> int:
+    """Outline thickness in pixels for a scan of ``shape``: a montage panel shows a 234-360 px
+    scan at about 300 px, where a 1 px line fades; about 1 px per 130 px of scan, at least 2."""
+    return max(2, round(max(shape[:2]) / 130))
+
+
 def overlay(
     scan: np.ndarray, truth: np.ndarray | None = None, prediction: np.ndarray | None = None
 ) -> np.ndarray:
@@ -47,7 +54,8 @@ def overlay(
     Args:
         scan: ``(H, W)`` 16-bit scan; shown with the project's percentile window.
         truth: ``(3, H, W)`` masks drawn as translucent fills, or ``None``.
-        prediction: ``(3, H, W)`` masks drawn as outlines, or ``None``.
+        prediction: ``(3, H, W)`` masks drawn as outlines (:func:`outline_width` thick), or
+            ``None``.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
@@ -65,7 +73,8 @@ def overlay(
             mask = prediction[class_index].astype(np.uint8)
             if mask.any():
                 contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(image, contours, -1, CLASS_COLORS[class_name], 1)
+                width = outline_width(scan.shape)
+                cv2.drawContours(image, contours, -1, CLASS_COLORS[class_name], width)
     return image
 
 
@@ -122,17 +131,51 @@ def label_frame(image: np.ndarray, text: str, legend: bool = True) -> np.ndarray
     rows = [np.full((bar, width, 3), 32, dtype=np.uint8), image]
     cv2.putText(rows[0], text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     if legend:
-        key = np.full((bar, width, 3), 32, dtype=np.uint8)
-        x = 4
-        for name in CLASSES:
-            cv2.rectangle(key, (x, 5), (x + 8, 13), CLASS_COLORS[name], -1)
-            label = name.replace("_", " ")
-            cv2.putText(
-                key, label, (x + 11, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (230, 230, 230), 1
-            )
-            x += 16 + 7 * len(label)
-        rows.append(key)
+        for line in legend_layout(width):
+            key = np.full((bar, width, 3), 32, dtype=np.uint8)
+            for x, name in line:
+                cv2.rectangle(key, (x, 5), (x + _SWATCH, 13), CLASS_COLORS[name], -1)
+                cv2.putText(
+                    key,
+                    name.replace("_", " "),
+                    (x + _SWATCH + 3, 13),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    _LEGEND_SCALE,
+                    (230, 230, 230),
+                    1,
+                )
+            rows.append(key)
     return np.concatenate(rows, axis=0)
+
+
+_SWATCH = 8
+_LEGEND_SCALE = 0.35
+
+
+def legend_entry_width(name: str) -> int:
+    """Pixels one GIF legend entry takes: swatch, gap, label as OpenCV draws it."""
+    (text_width, _), _ = cv2.getTextSize(
+        name.replace("_", " "), cv2.FONT_HERSHEY_SIMPLEX, _LEGEND_SCALE, 1
+    )
+    return _SWATCH + 3 + text_width
+
+
+def legend_layout(width: int, margin: int = 4, gap: int = 10) -> list[list[tuple[int, str]]]:
+    """The GIF legend's entries as rows of ``(x, class name)`` that fit in ``width`` pixels.
+
+    Entries are measured with OpenCV's own text metrics and wrap onto another row rather than
+    run off the frame (a guess of 7 px per letter cut "stomach" off at 234-266 px).
+    """
+    rows: list[list[tuple[int, str]]] = [[]]
+    x = margin
+    for name in CLASSES:
+        entry = legend_entry_width(name)
+        if rows[-1] and x + entry > width - margin:
+            rows.append([])
+            x = margin
+        rows[-1].append((x, name))
+        x += entry + gap
+    return rows
 
 
 def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int = 8) -> Path:
@@ -157,7 +200,22 @@ def _series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+#: The score panel plots ``uwm/*``: this project's reading of the metric (the other readings,
+#: when logged, as dashed lines named in the legend).
+SCORE_PANEL_TITLE = "validation: this project's reading of the metric (uwm/score)"
+
+
 def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Save :func:`training_curves_figure` of a ``metrics.json`` as a PNG."""
+    plt = _matplotlib()
+    figure = training_curves_figure(metrics_path)
+    with atomic_path(path) as tmp_path:
+        figure.savefig(tmp_path, format="png", dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def training_curves_figure(metrics_path: str | os.PathLike) -> Any:
     """Three panels against the iteration, each with its legend outside the data.
 
     1. the training losses (one line each, log scale: they span decades);
@@ -206,22 +264,21 @@ def plot_training_curves(metrics_path: str | os.PathLike, path: str | os.PathLik
         ("uwm/score", "score (higher is better)"),
         ("uwm/dice", "Dice (higher is better)"),
         ("uwm/hausdorff", "Hausdorff term (lower is better)"),
+        ("uwm/competition/score", "score, competition reading"),
+        ("uwm/mlebench/score", "score, MLE-bench reading"),
     ):
         iterations, values = _series(rows, key)
         if iterations:
-            style = "s:" if "hausdorff" in key else "o-"
+            style = "s:" if "hausdorff" in key else ("x--" if key.count("/") == 2 else "o-")
             score_axis.plot(iterations, values, style, label=label)
     score_axis.set_ylim(0, 1)
-    score_axis.set_title("validation (competition metric)")
+    score_axis.set_title(SCORE_PANEL_TITLE)
 
     for axis in axes:
         axis.set_xlabel("iteration")
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-    with atomic_path(path) as tmp_path:
-        figure.savefig(tmp_path, format="png", dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return figure
 
 
 def _masks_from_csv(
@@ -264,10 +321,15 @@ def render_case_day(
     from uwm_d2.core.layout import index_scans
 
     root = Path(data_root)
-    scans = index_scans(root, split)
-    scans = scans[scans["case_day"] == case_day].reset_index(drop=True)
+    every_scan = index_scans(root, split)
+    scans = every_scan[every_scan["case_day"] == case_day].reset_index(drop=True)
     if scans.empty:
-        raise UWMInputError(f"no scans for case-day {case_day!r} under {str(root / split)!r}")
+        known = sorted(set(every_scan["case_day"]))
+        listed = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
+        raise UWMInputError(
+            f"no scans for case-day {case_day!r} under {str(root / split)!r} (its case-days: "
+            f"{listed or 'none'})"
+        )
     truth = _masks_from_csv(truth_csv, scans, "segmentation") if truth_csv else None
     prediction = _masks_from_csv(pred_csv, scans, "predicted") if pred_csv else None
     guide = truth if truth is not None else prediction

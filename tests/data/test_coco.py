@@ -196,3 +196,21 @@ def test_an_unlabelled_scan_and_a_missing_class_row_are_errors(phantom_copy: Pat
     labels.iloc[3:].to_csv(phantom_copy / "train.csv", index=False)
     with pytest.raises(UWMInputError, match=r"has no rows in train\.csv"):
         build_coco(phantom_copy, num_folds=2, workers=1, progress=False)
+
+
+def test_rebuilding_with_other_folds_says_what_it_replaces(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    from uwm_d2.data.splits import assignment_digest, fold_assignment
+
+    out = tmp_path / "coco"
+    first = make_coco(phantom_root, out, num_folds=2, workers=1, progress=False)
+    assert first.replaced == ""  # a new folder replaces nothing
+    assert fold_assignment(out) == first.folds
+    old_digest = assignment_digest(first.folds)
+    again = make_coco(phantom_root, out, num_folds=2, workers=1, progress=False)
+    assert again.replaced == ""  # the same folds again
+    other = make_coco(phantom_root, out, num_folds=3, workers=1, progress=False)
+    assert f"2 folds (assignment {old_digest}) become 3 folds" in other.replaced
+    assert "refuse to resume" in other.replaced
+    assert fold_assignment(out) == other.folds

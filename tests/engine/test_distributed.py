@@ -24,10 +24,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from uwm_d2.data.samplers import EmptySliceRatioSampler
 from uwm_d2.engine.launch import (
     TIMEOUT_ENV,
     DistributedRunError,
+    PortInUseError,
     _run_error,
     _worker,
     backend_for,
@@ -349,6 +351,67 @@ def test_a_workers_input_error_is_raised_again_by_the_launcher(
     failure = ProcessRaisedException("traceback text", 0, os.getpid())
     error = _run_error(failure, [1], tmp_path, machine_rank=0, per_machine=1)
     assert type(error) is UWMInputError and str(error) == "bad slice"
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A local port another process holds (listening), as a concurrent run's rendezvous does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_rendezvous_port_in_use_is_one_line_that_does_not_advise_resume(
+    held_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    url = f"tcp://127.0.0.1:{held_port}"
+    with pytest.raises(PortInUseError) as raised:
+        launch(print, 2, device="cpu", dist_url=url, timeout=datetime.timedelta(seconds=30))
+    message = str(raised.value)
+    assert f"{url} is already in use" in message and "\n" not in message
+    assert "--resume" not in message
+
+
+@pytest.mark.slow
+def test_a_picked_port_taken_by_another_process_is_picked_again(
+    held_port: int, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The port found free is taken before the run binds it: the run starts again on another."""
+    import uwm_d2.engine.launch as launch_module
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    picked = iter([f"tcp://127.0.0.1:{held_port}"])
+    real = launch_module.free_local_url
+    monkeypatch.setattr(launch_module, "free_local_url", lambda: next(picked, None) or real())
+    launch(print, 2, device="cpu", args=("worker ran",), timeout=datetime.timedelta(seconds=30))
+    assert capfd.readouterr().out.count("worker ran") == 2
+    assert next(picked, None) is None  # the held port was tried first
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_machine_at_once_both_finish(
+    instant_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """No fixed rendezvous port: two 2-process runs side by side (two users, two terminals)."""
+    opts = ["SOLVER.MAX_ITER", "2", "UWM.VAL_LOSS_PERIOD", "0"]
+    runs = [
+        subprocess.Popen(
+            _command(instant_data, tmp_path / name, ["--num-gpus", "2"], opts),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            cwd=REPO,
+        )
+        for name in ("first", "second")
+    ]
+    errors = [run.communicate(timeout=RUN_TIMEOUT)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [text[-2000:] for text in errors]
+    for name in ("first", "second"):
+        assert (tmp_path / name / "model_final.pth").is_file()
 
 
 # --- train_net.py ---------------------------------------------------------------------------

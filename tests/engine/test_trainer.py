@@ -54,7 +54,7 @@ def test_instant_run_then_resume(instant_data: tuple[Path, Path], tmp_path: Path
     out = tmp_path / "out"
     command = [
         "--config-file", str(INSTANT),
-        "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco),
+        "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
         "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu",
     ]  # fmt: skip
     first = _train_net(*command)
@@ -302,9 +302,9 @@ def test_killed_training_resumes_where_its_last_checkpoint_left(
     out = tmp_path / "out"
     command = [
         sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(INSTANT),
-        "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "OUTPUT_DIR", str(out),
-        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "4",
-        "TEST.EVAL_PERIOD", "0", "UWM.VAL_LOSS_PERIOD", "0",
+        "UWM.DATA_ROOT", str(data_root), "UWM.COCO_DIR", str(coco), "UWM.NUM_FOLDS", "2",
+        "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "40",
+        "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "0", "UWM.VAL_LOSS_PERIOD", "0",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(

@@ -52,21 +52,24 @@ def test_an_empty_prediction_scores_as_defined(phantom_root: Path) -> None:
     assert 0.0 < result["score"] < 1.0
 
 
-def test_missing_rows_count_as_empty(phantom_root: Path, tmp_path: Path) -> None:
+def test_a_submission_lacking_truth_rows_is_refused_under_every_reading(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    """Read as empty, blank rows can raise a score; the competition and MLE-bench refuse them."""
     truth = read_label_csv(phantom_root / "test_truth.csv")
     pred = truth.rename(columns={"segmentation": "predicted"})
-    drop = np.arange(len(pred)) % 4 == 0  # includes non-empty rows
+    drop = np.arange(len(pred)) % 4 == 1  # includes non-empty rows
     assert (pred.loc[drop, "predicted"] != "").any()
-    blanked = pred.copy()
-    blanked.loc[drop, "predicted"] = ""
-    missing = score_submission(
-        phantom_root, phantom_root / "test_truth.csv", _write(pred[~drop], tmp_path / "a.csv")
-    )
-    empty = score_submission(
-        phantom_root, phantom_root / "test_truth.csv", _write(blanked, tmp_path / "b.csv")
-    )
-    assert missing == empty
-    assert missing["score"] < 1.0
+    lacking = _write(pred[~drop], tmp_path / "lacking.csv")
+    first = pred[drop].iloc[0]
+    for rules in ("project", "competition", "mlebench", "all"):
+        with pytest.raises(UWMInputError) as raised:
+            score_rules(
+                lacking, rules, data_root=phantom_root, truth_csv=phantom_root / "test_truth.csv"
+            )
+        message = str(raised.value)
+        assert f"lacks {int(drop.sum())} of the {len(truth)} rows" in message, message
+        assert f"first missing: {first['id']} {first['class']}" in message
 
 
 def test_a_prediction_row_not_in_the_truth_is_an_error(phantom_root: Path, tmp_path: Path) -> None:

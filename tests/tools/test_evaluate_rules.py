@@ -305,17 +305,16 @@ def test_bad_input_gives_one_line_and_writes_nothing(name: str, outcomes: dict) 
 
 
 def test_stdout_stays_pure_json(phantom_root: Path, tmp_path: Path) -> None:
-    """``evaluate --rules all > scores.json``: the summary goes to stderr, the JSON to stdout."""
+    """``evaluate --rules all > scores.json``: the summary goes to stderr, the JSON to stdout;
+    with ``--json FILE`` the JSON goes to the file and stdout gets the summary lines only."""
+    args = [*_root_args(phantom_root, phantom_root / "sample_submission.csv"), "--rules", "all"]
+    piped = run_tool("evaluate", args, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    summary = piped.stderr.splitlines()
+    readings = [line.split("[")[1].split(";")[0].rstrip("]") for line in summary]
+    assert readings == list(READING_NAMES)
     target = tmp_path / "scores.json"
-    result = run_tool(
-        "evaluate",
-        [
-            *_root_args(phantom_root, phantom_root / "sample_submission.csv"),
-            *["--rules", "all", "--json", str(target)],
-        ],
-        timeout=120,
-    )
+    result = run_tool("evaluate", [*args, "--json", str(target)], timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == json.loads(target.read_text())
-    lines = result.stderr.splitlines()
-    assert [line.split("[")[1].split(";")[0].rstrip("]") for line in lines] == list(READING_NAMES)
+    assert json.loads(piped.stdout) == json.loads(target.read_text())
+    assert result.stdout.splitlines() == summary and result.stderr == ""

@@ -94,6 +94,8 @@ class CocoBuild:
     all: dict[str, Any]
     folds: dict[int, int]
     num_folds: int
+    #: What writing it replaced in its folder (one line), ``""`` when nothing or the same folds.
+    replaced: str = ""
 
     def split(self, fold: int, which: str) -> dict[str, Any]:
         """The ``"train"`` (every other fold) or ``"val"`` (this fold) part of fold ``fold``."""
@@ -326,6 +328,8 @@ def write_coco(build: CocoBuild, out: str | os.PathLike) -> list[Path]:
             "num_folds": build.num_folds,
             "fold_seed": build.all["info"]["fold_seed"],
             "exclude_bad": build.all["info"]["exclude_bad"],
+            # Which case is in which fold: runs record its digest and refuse other splits.
+            "folds": {str(case): int(fold) for case, fold in sorted(build.folds.items())},
             "files": {name: len(text.encode()) for name, text in contents.items()},
         }
         atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -345,5 +349,27 @@ def make_coco(
     """:func:`build_coco`, then :func:`write_coco`; nothing is written if anything fails."""
     check_output_folder(out)  # fail before the slow part
     build = build_coco(data_root, num_folds, seed, exclude_bad, workers, progress)
+    build.replaced = replacement_note(out, build)
     write_coco(build, out)
     return build
+
+
+def replacement_note(out: str | os.PathLike, build: CocoBuild) -> str:
+    """One line saying which other folds writing ``build`` into ``out`` replaces, or ``""``."""
+    from uwm_d2.data.splits import assignment_digest, fold_assignment
+
+    if not (Path(out) / MANIFEST).is_file():
+        return ""
+    try:
+        old = fold_assignment(out)
+    except UWMInputError:
+        return f"replacing an unreadable COCO build in {str(out)!r}"
+    if old == build.folds:
+        return ""
+    old_folds = len(set(old.values()))
+    return (
+        f"replacing the build in {str(out)!r}: {old_folds} folds (assignment "
+        f"{assignment_digest(old)}) become {build.num_folds} folds (assignment "
+        f"{assignment_digest(build.folds)}); runs trained on the old folds will refuse to resume "
+        "or be scored on the new ones"
+    )

@@ -8,8 +8,9 @@ UWMTrainer`, which reads like detectron2's own project trainers). What is patche
 * **checkpoints**: written atomically and read as data only (:mod:`uwm_d2.engine.checkpoint`); only
   the newest ``UWM.KEEP_CHECKPOINTS`` periodic checkpoints stay on disk;
 * **resume**: ``metrics.json`` rows logged after the last checkpoint of an interrupted run are
-  dropped, so every iteration appears once; an unusable ``MODEL.WEIGHTS`` is one line, not a
-  traceback (a missing file, an offline model-zoo download);
+  dropped, so every iteration appears once, while a finished run's final evaluation (and so its
+  best score) survives ``--resume SOLVER.MAX_ITER <more>``; an unusable ``MODEL.WEIGHTS`` is
+  one line, not a traceback (a missing file, an offline model-zoo download);
 * **divergence**: a NaN/Inf loss stops training with one line naming the iteration and the last
   good checkpoint (:class:`~uwm_d2.core.errors.TrainingDivergedError`), instead of a traceback;
 * **AMP** (``SOLVER.AMP.ENABLED``) is honoured on CUDA only, turned off with a warning elsewhere;
@@ -147,14 +148,34 @@ class PatchedDefaultTrainer(DefaultTrainer):
                 f"cannot load MODEL.WEIGHTS {weights!r} ({error}); offline, train from scratch "
                 "with configs/mask_rcnn_R_50_FPN_gn_scratch_uwm.yaml"
             ) from error
-        if resuming and comm.is_main_process():
-            metrics = Path(self.cfg.OUTPUT_DIR) / "metrics.json"
-            dropped = trim_metrics_json(metrics, self.start_iter)
-            if dropped:
-                logger.info(
-                    f"metrics.json: dropped {dropped} rows at or after iteration {self.start_iter}"
-                    " (logged after the last checkpoint of the interrupted run)"
-                )
+        if resume and not resuming:
+            logger.info(
+                f"--resume: no checkpoint in {self.cfg.OUTPUT_DIR}, training starts from "
+                "iteration 0"
+            )
+        if comm.is_main_process():
+            self._trim_metrics(resuming)
+
+    def _trim_metrics(self, resuming: bool) -> None:
+        """Keep the rows of ``metrics.json`` that the run continues from; each iteration once.
+
+        A run starting from iteration 0 keeps none (a run killed before its first checkpoint
+        left rows behind). A resumed run keeps the rows before the iteration it resumes from, and,
+        when it resumes a finished run (from ``model_final.pth``), also that run's final
+        evaluation: detectron2 logs it at iteration ``MAX_ITER`` (= where the resumed run starts),
+        and it scored exactly the weights the run continues from, so it is kept, and with it the
+        run's best score.
+        """
+        limit = self.start_iter
+        if resuming and Path(self.checkpointer.get_checkpoint_file()).name == "model_final.pth":
+            limit += 1
+        metrics = Path(self.cfg.OUTPUT_DIR) / "metrics.json"
+        dropped = trim_metrics_json(metrics, limit)
+        if dropped:
+            logger.info(
+                f"metrics.json: dropped {dropped} rows at or after iteration {limit} (logged after "
+                "the checkpoint this run continues from)"
+            )
 
     def run_step(self) -> None:
         try:

@@ -7,6 +7,9 @@
 * the backend follows ``MODEL.DEVICE`` (the ``device`` argument): NCCL and one GPU per process
   for CUDA, gloo for the CPU, so ``--num-gpus N`` with ``MODEL.DEVICE cpu`` starts N processes
   (detectron2 0.6 asserts CUDA and always uses NCCL);
+* one machine needs no ``--dist-url``: a free local port is picked for the run (detectron2's
+  default is a fixed port per user, so two runs on one machine collided); a port that another
+  process holds is one line saying so (:class:`PortInUseError`), not advice to ``--resume``;
 * more processes than GPUs on CUDA, a bad machine rank or ``--dist-url auto`` across machines
   are one-line :class:`~uwm_d2.core.errors.UWMInputError` s, checked before any process starts;
 * the process-group timeout is ``$UWM_DIST_TIMEOUT`` seconds (default 30 minutes, detectron2's):
@@ -69,6 +72,15 @@ class DistributedRunError(UWMRunError):
     """A process of a distributed run died or lost its peers: the run stopped (one line)."""
 
 
+class PortInUseError(UWMInputError):
+    """The rendezvous port is taken (another run on this machine, say): one line, no --resume."""
+
+
+#: How often a run on a port picked here is started again when another process took the port
+#: between the moment it was found free and the moment the run's first process bound it.
+_AUTO_PORT_ATTEMPTS = 3
+
+
 def backend_for(device: str) -> str:
     """The torch.distributed backend for ``MODEL.DEVICE``: NCCL for CUDA, gloo otherwise."""
     return "nccl" if str(device).startswith("cuda") else "gloo"
@@ -108,6 +120,12 @@ def free_local_url() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def is_port_in_use(error: BaseException) -> bool:
+    """Whether ``error`` says the rendezvous port is already bound by another process."""
+    text = str(error)
+    return "EADDRINUSE" in text or "address already in use" in text.lower()
 
 
 def is_peer_lost(error: BaseException) -> bool:
@@ -154,8 +172,9 @@ def launch(
             CUDA).
         device: ``MODEL.DEVICE``; picks the backend (:func:`backend_for`).
         num_machines, machine_rank: the run's machines and this one's index.
-        dist_url: rendezvous URL, ``tcp://HOST:PORT`` of machine 0; ``"auto"`` (one machine
-            only) picks a free local port.
+        dist_url: rendezvous URL, ``tcp://HOST:PORT`` of machine 0 (it wins when given);
+            ``None`` or ``"auto"`` (one machine only) picks a free local port, and picks again
+            if another process takes it first.
         args: passed to ``main_func``.
         timeout: process-group timeout; ``None`` reads :func:`dist_timeout`.
 
@@ -172,12 +191,52 @@ def launch(
     if world_size == 1:
         main_func(*args)
         return
-    if not dist_url or dist_url == "auto":
-        if num_machines > 1:
-            raise UWMInputError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
-        dist_url = free_local_url()
     timeout = timeout or dist_timeout()
+    if dist_url and dist_url != "auto":
+        _spawn(
+            main_func,
+            args,
+            device,
+            num_processes_per_machine,
+            machine_rank,
+            world_size,
+            dist_url,
+            timeout,
+        )
+        return
+    if num_machines > 1:
+        raise UWMInputError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
+    # One machine: a port of our own, so that concurrent runs never meet on a fixed one.
+    for attempt in range(_AUTO_PORT_ATTEMPTS):
+        try:
+            url = free_local_url()
+            _spawn(
+                main_func,
+                args,
+                device,
+                num_processes_per_machine,
+                machine_rank,
+                world_size,
+                url,
+                timeout,
+            )
+            return
+        except PortInUseError:
+            if attempt == _AUTO_PORT_ATTEMPTS - 1:
+                raise
 
+
+def _spawn(
+    main_func: Callable[..., Any],
+    args: Sequence[Any],
+    device: str,
+    num_processes_per_machine: int,
+    machine_rank: int,
+    world_size: int,
+    dist_url: str,
+    timeout: datetime.timedelta,
+) -> None:
+    """Start this machine's processes of the run and wait for them (see :func:`launch`)."""
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
 
@@ -339,6 +398,16 @@ def _worker(
     except Exception as error:
         if _is_out_of_memory(error):
             _note(notes, local_rank, error)
+        elif is_port_in_use(error):
+            _note(
+                notes,
+                local_rank,
+                PortInUseError(
+                    f"the rendezvous address {dist_url} is already in use (another run on this "
+                    "machine?); on one machine leave --dist-url out (a free port is picked), "
+                    "across machines give --dist-url tcp://HOST:PORT with a free port"
+                ),
+            )
         elif is_peer_lost(error):
             _note(
                 notes,

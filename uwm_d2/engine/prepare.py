@@ -79,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume": "continue from OUTPUT_DIR's last checkpoint (same iteration, same best score)",
         "--eval-only": "score MODEL.WEIGHTS (or, with --resume, the last checkpoint); no training",
     }
+    helps["--dist-url"] = (
+        "rendezvous of a multi-machine run, tcp://HOST:PORT of machine 0 (the same on every "
+        "machine); on one machine leave it out: each run picks a free port"
+    )
     for flag, text in helps.items():
         parser._option_string_actions[flag].help = text
+    # detectron2's default is one fixed port per user: two runs on one machine collided on it.
+    parser.set_defaults(dist_url="auto")
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -148,16 +154,112 @@ def check_weights(cfg: Any, eval_only: bool, resume: bool) -> None:
         load_checkpoint(build_model(cpu), weights)
 
 
+class NothingToResumeError(Exception):
+    """``--resume`` of a run that already reached ``SOLVER.MAX_ITER``: nothing to train (exit 0)."""
+
+
+def last_checkpoint(output_dir: str | Path) -> tuple[Path, int] | None:
+    """``(file, iteration)`` of the checkpoint ``--resume`` would load, or ``None``.
+
+    Raises:
+        UWMInputError: ``last_checkpoint`` names a file that is missing or unreadable.
+    """
+    tag = Path(output_dir) / "last_checkpoint"
+    if not tag.is_file():
+        return None
+    path = Path(output_dir) / tag.read_text().strip()
+    import torch
+
+    try:  # memory-mapped: only the iteration is read, not hundreds of MB of weights
+        iteration = int(
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"]
+        )
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise UWMInputError(
+            f"{str(tag)!r} names {path.name}, which cannot be read ({' '.join(str(error).split())})"
+        ) from None
+    return path, iteration
+
+
+def check_run_folder(cfg: Any, eval_only: bool, resume: bool) -> str:
+    """``OUTPUT_DIR`` and the flags agree: a folder that holds a run is only continued, never
+    trained over; a finished run is only resumed to train longer.
+
+    Returns:
+        ``""``, or what to say when ``--resume`` finds the run finished (nothing to train).
+
+    Raises:
+        UWMInputError: training without ``--resume`` into a folder that holds a run (its
+            ``model_best.pth`` would be replaced by a new run's first evaluation).
+    """
+    if eval_only:
+        return ""
+    found = last_checkpoint(cfg.OUTPUT_DIR)
+    if found is None:
+        return ""
+    path, iteration = found
+    if not resume:
+        raise UWMInputError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} already holds a run (last checkpoint {path.name}, "
+            f"iteration {iteration}); continue it with --resume, or train into another OUTPUT_DIR"
+        )
+    if iteration + 1 < cfg.SOLVER.MAX_ITER:
+        return ""
+    return (
+        f"{cfg.OUTPUT_DIR} already trained to iteration {iteration + 1} (SOLVER.MAX_ITER "
+        f"{cfg.SOLVER.MAX_ITER}): nothing to resume; to train longer, resume with a larger "
+        "SOLVER.MAX_ITER"
+    )
+
+
+def check_folds(cfg: Any, eval_only: bool, resume: bool) -> None:
+    """``UWM.FOLD`` and ``UWM.NUM_FOLDS`` fit the COCO folder, and a resumed or evaluated model
+    meets the splits it was trained on (:mod:`uwm_d2.data.splits`).
+
+    Raises:
+        UWMInputError: naming the key, the folder and what it holds.
+    """
+    from uwm_d2.config import coco_dir_of
+    from uwm_d2.data.register import fold_numbers
+    from uwm_d2.data.splits import RunSplits, check_evaluation, check_resume
+
+    coco_dir = coco_dir_of(cfg)
+    folds = fold_numbers(coco_dir)
+    if len(folds) != cfg.UWM.NUM_FOLDS:
+        raise UWMInputError(
+            f"UWM.NUM_FOLDS is {cfg.UWM.NUM_FOLDS} but the COCO folder {str(coco_dir)!r} holds "
+            f"{len(folds)} folds; set UWM.NUM_FOLDS {len(folds)}, or rebuild the folder with "
+            f"tools/make_coco.py --folds {cfg.UWM.NUM_FOLDS}"
+        )
+    if cfg.UWM.FOLD not in folds:
+        raise UWMInputError(
+            f"UWM.FOLD {cfg.UWM.FOLD} is not a fold of {str(coco_dir)!r} (folds 0 to "
+            f"{len(folds) - 1})"
+        )
+    current = RunSplits.of(coco_dir, cfg.UWM.FOLD)
+    if resume and not eval_only:
+        check_resume(RunSplits.read(cfg.OUTPUT_DIR), current, str(cfg.OUTPUT_DIR))
+        return
+    if eval_only:
+        weights = [w.strip() for w in str(cfg.MODEL.WEIGHTS).split(",") if w.strip()]
+        folders = {str(Path(w).parent): w for w in weights if not w.startswith(REMOTE_PREFIXES)}
+        if resume:
+            folders[str(cfg.OUTPUT_DIR)] = str(cfg.OUTPUT_DIR)
+        for folder, name in folders.items():
+            check_evaluation(RunSplits.read(folder), current, name)
+
+
 def prepare_run(args: argparse.Namespace) -> Any:
     """Every check before launch (see the module docstring); returns the frozen config.
 
     Raises:
         UWMInputError: naming the first thing that is wrong; nothing has been written then.
+        NothingToResumeError: ``--resume`` of a finished run without a larger ``SOLVER.MAX_ITER``.
     """
     from uwm_d2.config import build_cfg, coco_dir_of
     from uwm_d2.core.atomic import check_output_folder
     from uwm_d2.core.layout import check_data_root
-    from uwm_d2.data.register import ensure_coco_files
+    from uwm_d2.data.register import ensure_coco_files, has_coco_files
     from uwm_d2.engine.launch import check_num_processes
 
     if not args.config_file:
@@ -171,6 +273,44 @@ def prepare_run(args: argparse.Namespace) -> Any:
     # On CUDA one process per GPU; with MODEL.DEVICE cpu, --num-gpus counts CPU processes.
     check_num_processes(args.num_gpus, cfg.MODEL.DEVICE)
     check_data_root(cfg.UWM.DATA_ROOT, "UWM.DATA_ROOT")
+    finished = check_run_folder(cfg, args.eval_only, args.resume)
     check_weights(cfg, args.eval_only, args.resume)
-    ensure_coco_files(coco_dir_of(cfg), cfg.UWM.DATA_ROOT, cfg.UWM.NUM_FOLDS)
+    coco_dir = coco_dir_of(cfg)
+    if not has_coco_files(coco_dir) and not 0 <= cfg.UWM.FOLD < cfg.UWM.NUM_FOLDS:
+        raise UWMInputError(
+            f"UWM.FOLD {cfg.UWM.FOLD} is not a fold of the {cfg.UWM.NUM_FOLDS} folds "
+            f"(UWM.NUM_FOLDS) that would be built into {str(coco_dir)!r}"
+        )
+    ensure_coco_files(coco_dir, cfg.UWM.DATA_ROOT, cfg.UWM.NUM_FOLDS)
+    check_folds(cfg, args.eval_only, args.resume)
+    if finished:  # after every check: bad input is reported even then
+        raise NothingToResumeError(finished)
     return cfg
+
+
+def record_splits(cfg: Any) -> None:
+    """Write what a training run trains and validates on into ``OUTPUT_DIR`` (main process)."""
+    from detectron2.utils import comm
+
+    from uwm_d2.config import coco_dir_of
+    from uwm_d2.data.splits import RunSplits
+
+    if comm.is_main_process():
+        RunSplits.of(coco_dir_of(cfg), cfg.UWM.FOLD).write(cfg.OUTPUT_DIR)
+
+
+def interrupted_message(cfg: Any, eval_only: bool) -> str:
+    """What to do after Ctrl-C: resume from the last checkpoint, or, before the first one was
+    saved, start again (``--resume`` would start from iteration 0 all the same)."""
+    if eval_only:
+        return "interrupted"
+    if (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file():
+        return (
+            "interrupted; rerun the same command with --resume to continue from the last "
+            f"checkpoint in {cfg.OUTPUT_DIR}"
+        )
+    return (
+        f"interrupted before the first checkpoint (saved every SOLVER.CHECKPOINT_PERIOD = "
+        f"{cfg.SOLVER.CHECKPOINT_PERIOD} iterations): nothing to resume; run the same command "
+        "again, with a smaller SOLVER.CHECKPOINT_PERIOD to keep a checkpoint sooner"
+    )

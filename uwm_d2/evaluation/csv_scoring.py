@@ -1,10 +1,12 @@
 """Score a submission CSV against a truth CSV with the competition metric (no torch needed).
 
-The truth decides what is scored: every truth row counts, a truth row missing from the prediction
-counts as an empty mask, and a prediction row that is not in the truth is an error (it usually means
-the two files describe different data). Each (case_day, class) volume stacks the truth slices of
-that case-day in slice-number order; scan shapes and spacings come from the scan file names under
-``data_root/train`` and ``data_root/test``. The math is :func:`uwm_d2.core.metrics.score_volumes`.
+The truth decides what is scored: every truth row counts, and the prediction must hold exactly the
+truth's ``(id, class)`` rows: a missing row is an error (the competition and MLE-bench refuse such a
+file; read as empty, blank rows could even raise a score), and so is a row that is not in the truth
+(it usually means the two files describe different data). Each (case_day, class) volume stacks
+the truth slices of that case-day in slice-number order; scan shapes and spacings come from the
+scan file names under ``data_root/train`` and ``data_root/test``. The math is
+:func:`uwm_d2.core.metrics.score_volumes`.
 
 :func:`score_rules` scores one submission under a named reading of the metric, or all of them
 (:mod:`uwm_d2.core.readings`): ``project`` and ``competition`` from the truth and the scans,
@@ -135,6 +137,35 @@ def score_submission(
     return score_volumes(volumes, spacings, clinical=clinical, readings=readings)
 
 
+def check_same_rows(
+    truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str, pred_name: str
+) -> None:
+    """The prediction holds exactly the truth's ``(id, class)`` rows (in any order).
+
+    Raises:
+        UWMInputError: a prediction row that is not in the truth, or truth rows the prediction
+            lacks (their count and the first one named). Every public reading scores the whole
+            truth: a missing row is not an empty one (the competition and MLE-bench refuse such
+            a file, and read as empty, blank rows can raise a score).
+    """
+    truth_keys = pd.MultiIndex.from_frame(truth[["id", "class"]])
+    pred_keys = pd.MultiIndex.from_frame(pred[["id", "class"]])
+    extra = ~pred_keys.isin(truth_keys)
+    if extra.any():
+        row = pred.loc[extra.argmax()]
+        raise UWMInputError(
+            f"{row_context(pred_name, row['id'], row['class'])} is not in the truth {truth_name}"
+        )
+    lacking = ~truth_keys.isin(pred_keys)
+    if lacking.any():
+        row = truth.loc[lacking.argmax()]
+        raise UWMInputError(
+            f"{pred_name} lacks {int(lacking.sum())} of the {len(truth)} rows of the truth "
+            f"{truth_name} (first missing: {row['id']} {row['class']}); a submission needs every "
+            "(id, class) row"
+        )
+
+
 def load_volumes(
     data_root: str | os.PathLike, truth_csv: str | os.PathLike, pred_csv: str | os.PathLike
 ) -> tuple[CsvVolumes, dict[str, tuple[float, float, float]]]:
@@ -151,15 +182,7 @@ def load_volumes(
     scans = _index_data_root(Path(data_root))
 
     label_table(truth, "segmentation", truth_path.name, scans.index, str(data_root))
-    truth_keys = pd.MultiIndex.from_frame(truth[["id", "class"]])
-    extra = ~pd.MultiIndex.from_frame(pred[["id", "class"]]).isin(truth_keys)
-    if extra.any():
-        row = pred.loc[extra.argmax()]
-        raise UWMInputError(
-            f"{row_context(pred_path.name, row['id'], row['class'])} is not in the truth "
-            f"{truth_path.name}"
-        )
-
+    check_same_rows(truth, pred, truth_path.name, pred_path.name)
     truth_rles = dict(
         zip(zip(truth["id"], truth["class"], strict=True), truth["segmentation"], strict=True)
     )
@@ -303,6 +326,12 @@ def score_rules(
     if data_root is None or truth_csv is None:
         raise UWMInputError("scoring needs a data root and a truth CSV, or an answers file")
 
+    # Before any reading (MLE-bench's grader would refuse a short file in its own words, by
+    # row count only): which rows are missing or extra, named.
+    truth_path, pred_path = Path(truth_csv), Path(pred_csv)
+    check_same_rows(
+        read_label_csv(truth_path), read_prediction_csv(pred_path), truth_path.name, pred_path.name
+    )
     mlebench = None
     if rules in ("mlebench", "all"):
         # First: it is quick, and a file MLE-bench refuses fails before the slow part.
