@@ -81,6 +81,12 @@ def test_scratch_configs_do_not_use_frozen_bn() -> None:
         (["UWM.EVAL.SCORE_THRESHOLDS", "(0.5,)"], "SCORE_THRESHOLDS needs 3 values"),
         (["UWM.INTENSITY_LOW_PERCENTILE", "99.9"], "INTENSITY_LOW_PERCENTILE"),
         (["MODEL.ROI_HEADS.NUM_CLASSES", "80"], "NUM_CLASSES must be 3"),
+        (["UWM.EVAL.MASK_THRESHOLD", "0.0"], r"UWM\.EVAL\.MASK_THRESHOLD must be"),
+        (["UWM.EVAL.MASK_THRESHOLDS", "(0.5, 0.5)"], r"UWM\.EVAL\.MASK_THRESHOLDS needs 1"),
+        (["UWM.EVAL.Z_SMOOTHING", "(0.5, 2.0, 0.5)"], r"UWM\.EVAL\.Z_SMOOTHING must be"),
+        (["UWM.EVAL.MIN_SLICES_3D", "(0,)"], r"UWM\.EVAL\.MIN_SLICES_3D must be an integer"),
+        (["UWM.EVAL.KEEP_LARGEST_3D", "(1,)"], r"UWM\.EVAL\.KEEP_LARGEST_3D must be true"),
+        (["UWM.EVAL.SEMANTIC_WEIGHT", "1.5"], r"UWM\.EVAL\.SEMANTIC_WEIGHT must be"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(opts: list[str], match: str) -> None:
@@ -138,3 +144,15 @@ def test_config_docs_are_current() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_merge_rule_keys_build_the_rule() -> None:
+    from uwm_d2.core.merge import MergeRule
+
+    cfg = build_cfg(
+        INSTANT_CONFIG,
+        ["UWM.EVAL.MASK_THRESHOLDS", "(0.4, 0.5, 0.45)", "UWM.EVAL.MIN_SLICES_3D", "(3,)"],
+    )
+    rule = MergeRule.from_cfg(cfg)
+    assert rule.mask_threshold == (0.4, 0.5, 0.45) and rule.min_slices_3d == 3
+    assert MergeRule.from_cfg(build_cfg(INSTANT_CONFIG)) == MergeRule()

@@ -25,6 +25,7 @@ import uwm_d2.modeling  # noqa: F401 (registers the meta-architectures and heads
 from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.io import DEFAULT_SLICE_OFFSETS
+from uwm_d2.core.merge import MergeRule
 
 #: detectron2 sampler name (``DATALOADER.SAMPLER_TRAIN``) of the empty-slice-ratio sampler.
 EMPTY_RATIO_SAMPLER = "EmptySliceRatioSampler"
@@ -87,10 +88,26 @@ def add_uwm_config(cfg: CN) -> None:
     _C.UWM.EVAL.SCORE_THRESHOLDS = (0.5, 0.5, 0.5)
     # Probability cut for soft masks (detectron2's own postprocess already cuts at 0.5).
     _C.UWM.EVAL.MASK_THRESHOLD = 0.5
+    # Per-class cuts of the class maps (one per class, CLASSES order); empty: MASK_THRESHOLD.
+    _C.UWM.EVAL.MASK_THRESHOLDS = ()
     # Smallest instance area in pixels (original resolution) kept.
     _C.UWM.EVAL.MIN_AREA = 0
-    # Remove predicted 3D components that occupy a single slice before scoring.
+    # Remove predicted 3D components that occupy a single slice (MIN_SLICES_3D at least 2).
     _C.UWM.EVAL.CLEANUP_3D = False
+    # The volume steps of the merge rule (uwm_d2/core/merge_steps.py, in this order), one value
+    # for every class or one per class (CLASSES order). Weight w of the two neighbouring slices
+    # in each slice's z-smoothed map, (p + w p_above + w p_below) / (1 + 2w), in [0, 1].
+    _C.UWM.EVAL.Z_SMOOTHING = (0.0,)
+    # Presence gate: a class is kept on a slice only if this many pixels pass the cut (0: off).
+    _C.UWM.EVAL.SLICE_MIN_PIXELS = (0,)
+    # Presence gate: ... and only if the slice's largest probability reaches this (0: off).
+    _C.UWM.EVAL.SLICE_MIN_PEAK = (0.0,)
+    # Smallest 8-connected 2D component kept on a slice, in pixels (0: off).
+    _C.UWM.EVAL.MIN_COMPONENT_2D = (0,)
+    # Smallest number of slices a 26-connected 3D component must span to be kept (1: off).
+    _C.UWM.EVAL.MIN_SLICES_3D = (1,)
+    # Keep only the largest 3D component (after MIN_SLICES_3D).
+    _C.UWM.EVAL.KEEP_LARGEST_3D = (False,)
     # A model with instance and semantic heads: weight of the semantic maps in their average.
     _C.UWM.EVAL.SEMANTIC_WEIGHT = 0.5
     # Also run detectron2's COCOEvaluator (segm AP) beside the competition metric.
@@ -195,14 +212,10 @@ def validate_cfg(cfg: CN) -> None:
             raise UWMInputError(
                 f"MODEL.{key}.NUM_CLASSES must be {len(CLASSES)}, got {num_classes}"
             )
-    if not 0.0 < uwm.EVAL.MASK_THRESHOLD <= 1.0:
-        raise UWMInputError(
-            f"UWM.EVAL.MASK_THRESHOLD must be in (0, 1], got {uwm.EVAL.MASK_THRESHOLD}"
-        )
-    if not 0.0 <= uwm.EVAL.SEMANTIC_WEIGHT <= 1.0:
-        raise UWMInputError(
-            f"UWM.EVAL.SEMANTIC_WEIGHT must be in [0, 1], got {uwm.EVAL.SEMANTIC_WEIGHT}"
-        )
+    try:
+        MergeRule.from_cfg(cfg)  # every UWM.EVAL key of the rule, named when refused
+    except ValueError as error:
+        raise UWMInputError(str(error)) from None
     if uwm.OPTIMIZER not in ("SGD", "AdamW"):
         raise UWMInputError(f"UWM.OPTIMIZER must be 'SGD' or 'AdamW', got {uwm.OPTIMIZER!r}")
     if uwm.KEEP_CHECKPOINTS < 0:

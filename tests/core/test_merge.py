@@ -154,15 +154,16 @@ class TestClassProbabilityMaps:
             rule = MergeRule((0.3, 0.5, 0.7), mask_threshold=0.6, min_area=20)
             maps = rule.instance_maps(masks, scores, classes, image_shape=(12, 9))
             assert maps.shape == (3, 12, 9) and maps.dtype == np.float32
-            # The independent hard form: union of each class's kept, binarized instances.
-            binary = masks >= 0.6
+            # The independent hard form: union of each class's kept, binarized instances (on
+            # the 8-bit grid, where the rule cuts: round(255 p) >= 153 is p >= 0.6 there).
+            binary = np.rint(masks.astype(np.float64) * 255) >= 153
             kept = (scores >= np.array([0.3, 0.5, 0.7])[classes]) & (
                 binary.reshape(count, 12 * 9).sum(axis=1) >= 20
             )
             expected = np.zeros((3, 12, 9), dtype=bool)
             for index in np.flatnonzero(kept):
                 expected[classes[index]] |= binary[index]
-            np.testing.assert_array_equal(maps >= 0.6, expected)
+            np.testing.assert_array_equal(rule.binarize(maps), expected)
             np.testing.assert_array_equal(
                 rule.merge_instances(masks, scores, classes, image_shape=(12, 9)), expected
             )

@@ -326,3 +326,32 @@ def test_non_main_rank_returns_nothing(
     evaluator = UWMEvaluator(DATASET, distributed=True)
     evaluator.reset()
     assert evaluator.evaluate() == {}
+
+
+def test_the_volume_steps_see_each_case_day_whole(records: list[dict]) -> None:
+    """z-smoothing and 3D steps act on whole case-days: the score is the rule's volume masks'."""
+    rng = np.random.default_rng(5)
+    rule = MergeRule(z_smoothing=(0.5, 1.0, 0.0), min_slices_3d=(1, 2, 3), min_component_2d=5)
+    outputs, maps = {}, {}
+    for record in records:
+        semantic = _truth(record).astype(np.float32) * rng.uniform(0.4, 1.0, (3, 1, 1))
+        semantic[:, 30:34, 30:34] += rng.uniform(0.0, 0.9, (3, 1, 1)).astype(np.float32)
+        semantic = np.clip(semantic, 0, 1).astype(np.float32)
+        outputs[record["slice_id"]] = {"sem_seg": torch.from_numpy(semantic)}
+        maps[record["slice_id"]] = semantic
+    evaluator = UWMEvaluator(DATASET, rule, distributed=False, readings=())
+    evaluator.reset()
+    for record in records:
+        evaluator.process([record], [outputs[record["slice_id"]]])
+    flat = evaluator.evaluate()["uwm"]
+    preds = {}
+    for case_day in sorted({r["case_day"] for r in records}):
+        group = sorted((r for r in records if r["case_day"] == case_day), key=lambda r: r["slice"])
+        masks = rule.volume_masks(np.stack([maps[r["slice_id"]] for r in group]))
+        preds.update({r["slice_id"]: masks[depth] for depth, r in enumerate(group)})
+    assert flat == pytest.approx(flatten_result(_expected(records, preds, readings=())))
+    plain = UWMEvaluator(DATASET, MergeRule(), distributed=False, readings=())
+    plain.reset()
+    for record in records:
+        plain.process([record], [outputs[record["slice_id"]]])
+    assert plain.evaluate()["uwm"]["score"] != pytest.approx(flat["score"])

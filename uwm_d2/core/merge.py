@@ -1,4 +1,4 @@
-"""The one rule that turns a model's output into one mask per (slice, class), and a 3D clean-up.
+"""The one rule that turns a model's output into one mask per (slice, class).
 
 Every model kind ends in per-class probability maps ``(C, H, W)`` at the scan's own size:
 
@@ -10,21 +10,135 @@ Every model kind ends in per-class probability maps ``(C, H, W)`` at the scan's 
 * a model with both heads: :meth:`MergeRule.combine` averages its two kinds of maps, the semantic
   ones weighted ``semantic_weight``.
 
-Maps are averaged over flip TTA, checkpoints and model kinds; then :meth:`MergeRule.binarize` cuts
-them at ``mask_threshold``, and :meth:`MergeRule.volume_masks` also removes 3D components seen on
-one slice only (``cleanup_3d``). The evaluator and the submission writer both go through one
-:class:`MergeRule` built by :meth:`MergeRule.from_cfg`, so the score measured on validation is the
-score of the file that gets submitted.
+Maps are averaged over flip TTA, checkpoints and model kinds; then
+:meth:`MergeRule.volume_masks` turns a whole case-day's maps into masks, per class, in the fixed
+order of :mod:`uwm_d2.core.merge_steps`: the 8-bit grid, z-smoothing, the cut, the slice presence
+gate, small 2D components, short 3D components and keep-the-largest. It is the one entry point
+from maps to masks: the evaluator, the submission writer and the NIfTI predictor all call it with
+one :class:`MergeRule` built by :meth:`MergeRule.from_cfg`, so the score measured on validation
+is the score of the file that gets written. The defaults (no smoothing, cut 0.5, everything else
+off) are the plain 0.5 cut.
+
+Per-class settings (:data:`PER_CLASS_SETTINGS`) take one value for every class or one per class
+(``CLASSES`` order); a rule keeps a single value when all classes share it, so the two spellings
+of the same rule are equal and :meth:`MergeRule.as_dict` writes the short one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from uwm_d2.core.merge_steps import (
+    ClassRule,
+    cut_level,
+    quantize,
+    remove_single_slice_components,
+)
+
+__all__ = [
+    "CFG_KEYS",
+    "PER_CLASS_SETTINGS",
+    "ClassRule",
+    "MergeRule",
+    "MergeRuleError",
+    "quantize",
+    "remove_single_slice_components",
+]
+
+#: The rule's settings that may differ between classes (fields of :class:`ClassRule` too).
+PER_CLASS_SETTINGS: tuple[str, ...] = (
+    "mask_threshold",
+    "z_smoothing",
+    "slice_min_pixels",
+    "slice_min_peak",
+    "min_component_2d",
+    "min_slices_3d",
+    "keep_largest_3d",
+)
+
+#: Each :class:`MergeRule` field and its key under ``UWM.EVAL`` (and in an ensemble file's
+#: ``merge:`` section). ``UWM.EVAL.MASK_THRESHOLDS``, when not empty, sets per-class cuts
+#: instead of ``MASK_THRESHOLD`` (a yacs key keeps one type, and ``MASK_THRESHOLD`` is a float).
+CFG_KEYS: Mapping[str, str] = {
+    "score_thresholds": "SCORE_THRESHOLDS",
+    "mask_threshold": "MASK_THRESHOLD",
+    "min_area": "MIN_AREA",
+    "cleanup_3d": "CLEANUP_3D",
+    "semantic_weight": "SEMANTIC_WEIGHT",
+    "z_smoothing": "Z_SMOOTHING",
+    "slice_min_pixels": "SLICE_MIN_PIXELS",
+    "slice_min_peak": "SLICE_MIN_PEAK",
+    "min_component_2d": "MIN_COMPONENT_2D",
+    "min_slices_3d": "MIN_SLICES_3D",
+    "keep_largest_3d": "KEEP_LARGEST_3D",
+}
+
+
+class MergeRuleError(ValueError):
+    """A setting the rule refuses: ``"<setting> <problem>"`` (callers rename the setting)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem
+
+
+def _number(kind: type, low: float, high: float, closed_low: bool = True) -> Callable:
+    """A converter to ``kind`` that refuses values outside the range (and non-integral ints)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            raise TypeError
+        if not math.isfinite(float(value)) or (kind is int and float(value) != int(value)):
+            raise TypeError
+        converted = kind(value)
+        if converted < low or converted > high or (not closed_low and converted == low):
+            raise TypeError
+        return converted
+
+    convert.what = (  # type: ignore[attr-defined]
+        f"an integer >= {low}"
+        if kind is int
+        else f"a number in {'[' if closed_low else '('}{low:g}, {high:g}]"
+    )
+    return convert
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError
+    return bool(value)
+
+
+_flag.what = "true or false"  # type: ignore[attr-defined]
+
+#: How each per-class setting is checked and converted.
+_CONVERTERS: Mapping[str, Callable] = {
+    "mask_threshold": _number(float, 0.0, 1.0, closed_low=False),  # 0 would keep every pixel
+    "z_smoothing": _number(float, 0.0, 1.0),
+    "slice_min_pixels": _number(int, 0, math.inf),
+    "slice_min_peak": _number(float, 0.0, 1.0),
+    "min_component_2d": _number(int, 0, math.inf),
+    "min_slices_3d": _number(int, 1, math.inf),
+    "keep_largest_3d": _flag,
+}
+
+
+def _per_class(name: str, value: Any, count: int) -> Any:
+    """One value, or ``count`` values per class: converted, and a single one if all are equal."""
+    values = list(value) if isinstance(value, list | tuple | np.ndarray) else [value]
+    if len(values) not in (1, count):
+        raise MergeRuleError(name, f"needs 1 value or {count} (one per class), got {len(values)}")
+    convert = _CONVERTERS[name]
+    try:
+        converted = [convert(item) for item in values]
+    except (TypeError, ValueError):
+        raise MergeRuleError(name, f"must be {convert.what}, got {value!r}") from None
+    return converted[0] if len(set(converted)) == 1 else tuple(converted)
 
 
 @dataclass(frozen=True)
@@ -43,46 +157,80 @@ class MergeRule:
     Args:
         score_thresholds: smallest instance score kept, one per class (``CLASSES`` order); their
             number is the number of classes.
-        mask_threshold: probability cut, in ``(0, 1]``, for instance masks and class maps alike.
+        mask_threshold: probability cut, in ``(0, 1]``, of the class maps (and of instance masks
+            for ``min_area``). Per class.
         min_area: smallest binarized instance area, in pixels, that counts.
-        cleanup_3d: remove 3D components that occupy a single slice (whole volumes only).
+        cleanup_3d: remove 3D components that occupy a single slice: ``min_slices_3d`` at least 2
+            for every class (kept so that older configs and ensemble files still work).
         semantic_weight: weight of a model's semantic maps against its instance maps, in
             ``[0, 1]``, when it has both heads.
+        z_smoothing: weight ``w`` in ``[0, 1]`` of the two neighbouring slices. Per class.
+        slice_min_pixels: presence gate, pixels that must pass the cut on a slice (0: off).
+            Per class.
+        slice_min_peak: presence gate, value the slice's largest probability must reach
+            (0: off). Per class.
+        min_component_2d: smallest 8-connected component kept on a slice, in pixels (0 or 1:
+            off). Per class.
+        min_slices_3d: smallest number of slices a 26-connected 3D component must span (1: off).
+            Per class.
+        keep_largest_3d: keep only the largest 3D component. Per class.
+
+    Raises:
+        MergeRuleError: (a ``ValueError``) naming the first setting with a bad value.
     """
 
     score_thresholds: tuple[float, ...] = (0.5, 0.5, 0.5)
-    mask_threshold: float = 0.5
+    mask_threshold: float | tuple[float, ...] = 0.5
     min_area: int = 0
     cleanup_3d: bool = False
     semantic_weight: float = 0.5
+    z_smoothing: float | tuple[float, ...] = 0.0
+    slice_min_pixels: int | tuple[int, ...] = 0
+    slice_min_peak: float | tuple[float, ...] = 0.0
+    min_component_2d: int | tuple[int, ...] = 0
+    min_slices_3d: int | tuple[int, ...] = 1
+    keep_largest_3d: bool | tuple[bool, ...] = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "score_thresholds", tuple(float(v) for v in self.score_thresholds))
-        object.__setattr__(self, "mask_threshold", float(self.mask_threshold))
+        if not self.score_thresholds:
+            raise MergeRuleError("score_thresholds", "needs one score threshold per class")
         object.__setattr__(self, "min_area", int(self.min_area))
         object.__setattr__(self, "cleanup_3d", bool(self.cleanup_3d))
         object.__setattr__(self, "semantic_weight", float(self.semantic_weight))
-        if not self.score_thresholds:
-            raise ValueError("a merge rule needs one score threshold per class")
-        # A cut at 0 would turn every pixel of every map into foreground.
-        if not 0.0 < self.mask_threshold <= 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1], got {self.mask_threshold}")
         if self.min_area < 0:
-            raise ValueError(f"min_area must be >= 0, got {self.min_area}")
+            raise MergeRuleError("min_area", f"must be >= 0, got {self.min_area}")
         if not 0.0 <= self.semantic_weight <= 1.0:
-            raise ValueError(f"semantic_weight must be in [0, 1], got {self.semantic_weight}")
+            raise MergeRuleError(
+                "semantic_weight", f"must be in [0, 1], got {self.semantic_weight}"
+            )
+        for name in PER_CLASS_SETTINGS:
+            value = _per_class(name, getattr(self, name), self.num_classes)
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> MergeRule:
-        """The rule of ``cfg.UWM.EVAL`` (any object with those attributes; no detectron2 here)."""
+        """The rule of ``cfg.UWM.EVAL`` (any object with those attributes; no detectron2 here).
+
+        Keys a config lacks take the rule's defaults.
+
+        Raises:
+            ValueError: one line naming the ``UWM.EVAL`` key with a bad value.
+        """
         settings = cfg.UWM.EVAL
-        return cls(
-            score_thresholds=tuple(settings.SCORE_THRESHOLDS),
-            mask_threshold=settings.MASK_THRESHOLD,
-            min_area=settings.MIN_AREA,
-            cleanup_3d=settings.CLEANUP_3D,
-            semantic_weight=settings.SEMANTIC_WEIGHT,
-        )
+        values = {
+            name: getattr(settings, key) for name, key in CFG_KEYS.items() if hasattr(settings, key)
+        }
+        per_class_cut = tuple(getattr(settings, "MASK_THRESHOLDS", ()) or ())
+        if per_class_cut:
+            values["mask_threshold"] = per_class_cut
+        try:
+            return cls(**values)
+        except MergeRuleError as error:
+            key = CFG_KEYS[error.setting]
+            if error.setting == "mask_threshold" and per_class_cut:
+                key = "MASK_THRESHOLDS"
+            raise ValueError(f"UWM.EVAL.{key} {error.problem}") from None
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +239,10 @@ class MergeRule:
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (result files, ensemble files, export metadata);
         :meth:`from_dict` reads them back into an equal rule."""
-        return {**asdict(self), "score_thresholds": list(self.score_thresholds)}
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> MergeRule:
@@ -104,10 +255,28 @@ class MergeRule:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(f"unknown merge rule setting {unknown[0]!r} (known: {sorted(known)})")
-        values = dict(settings)
-        if "score_thresholds" in values:
-            values["score_thresholds"] = tuple(values["score_thresholds"])
-        return cls(**values)
+        return cls(**dict(settings))
+
+    def class_rule(self, class_index: int) -> ClassRule:
+        """The settings that apply to one class (``cleanup_3d`` folded into ``min_slices_3d``)."""
+        values = {name: self.per_class(name)[class_index] for name in PER_CLASS_SETTINGS}
+        if self.cleanup_3d:
+            values["min_slices_3d"] = max(values["min_slices_3d"], 2)
+        return ClassRule(**values)
+
+    def per_class(self, name: str) -> tuple[Any, ...]:
+        """A per-class setting as one value per class."""
+        value = getattr(self, name)
+        return value if isinstance(value, tuple) else (value,) * self.num_classes
+
+    def with_class(self, class_index: int, **changes: Any) -> MergeRule:
+        """This rule with some per-class settings changed for one class only."""
+        updates = {}
+        for name, value in changes.items():
+            values = list(self.per_class(name))
+            values[class_index] = value
+            updates[name] = tuple(values)
+        return replace(self, **updates)
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -148,7 +317,11 @@ class MergeRule:
         # Bool and integer masks are probability 1 inside, 0 outside.
         soft = masks if np.issubdtype(masks.dtype, np.floating) else masks != 0
         soft = soft.astype(np.float32, copy=False)
-        areas = np.count_nonzero((soft >= self.mask_threshold).reshape(count, -1), axis=1)
+        # The area on the 8-bit grid, as the maps will be cut: the union of the kept instances'
+        # binarized masks stays exactly the cut of their maximum.
+        levels = np.array([cut_level(cut) for cut in self.per_class("mask_threshold")])[classes]
+        binary = quantize(soft) >= levels[:, None, None].astype(np.int16)
+        areas = np.count_nonzero(binary.reshape(count, -1), axis=1)
         thresholds = np.asarray(self.score_thresholds)
         keep = (scores >= thresholds[classes]) & (areas >= self.min_area)
         return _KeptInstances(soft[keep], classes[keep], shape)
@@ -223,53 +396,42 @@ class MergeRule:
         return ((1 - weight) * instances + weight * semantic).astype(np.float32, copy=False)
 
     def binarize(self, probabilities: np.ndarray) -> np.ndarray:
-        """``probabilities >= mask_threshold`` (any shape), as bool."""
-        return np.asarray(probabilities) >= self.mask_threshold
+        """The cut alone (no smoothing, gate or components), on the 8-bit grid, as bool.
+
+        For a single slice's ``(C, H, W)`` maps (or ``(..., C, H, W)``), where no volume exists;
+        with one cut for every class any shape is accepted.
+        """
+        grid = quantize(probabilities)
+        cuts = self.per_class("mask_threshold")
+        if not isinstance(self.mask_threshold, tuple):
+            return grid >= cut_level(cuts[0])
+        if grid.ndim < 3 or grid.shape[-3] != self.num_classes:
+            raise ValueError(
+                f"per-class cuts need (..., {self.num_classes}, H, W) maps, got {grid.shape}"
+            )
+        levels = np.array([cut_level(cut) for cut in cuts], dtype=np.int16)
+        return grid >= levels[:, None, None]
 
     def volume_masks(self, probabilities: np.ndarray) -> np.ndarray:
-        """A whole case-day's ``(D, C, H, W)`` maps → bool masks, with the 3D clean-up if set."""
-        return self.clean_volume(self.binarize(probabilities))
+        """A whole case-day's maps → its masks: every step of the rule, per class.
 
-    def clean_volume(self, masks: np.ndarray) -> np.ndarray:
-        """``(D, C, H, W)`` bool masks of one case-day after the 3D clean-up (when it is on)."""
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 4:
-            raise ValueError(f"expected (D, C, H, W) masks, got shape {masks.shape}")
-        if not self.cleanup_3d:
-            return masks
-        cleaned = np.empty_like(masks)
-        for class_index in range(masks.shape[1]):
-            cleaned[:, class_index] = remove_single_slice_components(masks[:, class_index])
-        return cleaned
+        Args:
+            probabilities: ``(D, C, H, W)`` float probabilities, or ``uint8`` values already on
+                the 8-bit grid (:func:`~uwm_d2.core.merge_steps.quantize`); both give the same
+                masks for the same grid values.
 
+        Returns:
+            ``(D, C, H, W)`` bool.
 
-def remove_single_slice_components(volume: np.ndarray) -> np.ndarray:
-    """Drop 3D connected components that occupy only one slice in z.
-
-    Real organs span several 3 mm slices; a blob found on one slice only, with nothing touching it
-    on the slices above or below, is almost always a false positive, and one stray voxel costs the
-    Hausdorff term of its whole volume. Components are 26-connected (face, edge or corner
-    neighbours count). Note that every component of a single-slice volume (``D == 1``) occupies
-    one slice, so such a volume comes back empty.
-
-    Args:
-        volume: ``(D, H, W)`` mask (bool or numeric, nonzero = foreground), slices in slice order.
-
-    Returns:
-        A new ``(D, H, W)`` bool array without the single-slice components.
-
-    Raises:
-        ValueError: ``volume`` is not 3D.
-    """
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a (D, H, W) volume, got shape {volume.shape}")
-    foreground = volume if volume.dtype == np.bool_ else volume != 0
-    labels, count = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return np.zeros(volume.shape, dtype=bool)
-    # find_objects gives each label's bounding box; its z extent says how many slices it spans.
-    boxes = ndimage.find_objects(labels)
-    keep = np.zeros(count + 1, dtype=bool)  # index 0 is the background, never kept
-    keep[1:] = [box[0].stop - box[0].start > 1 for box in boxes]
-    return keep[labels]
+        Raises:
+            ValueError: not 4D, or not ``num_classes`` maps per slice.
+        """
+        grid = quantize(probabilities)
+        if grid.ndim != 4 or grid.shape[1] != self.num_classes:
+            raise ValueError(
+                f"expected (D, {self.num_classes}, H, W) maps of one case-day, got {grid.shape}"
+            )
+        masks = np.empty(grid.shape, dtype=bool)
+        for class_index in range(self.num_classes):
+            masks[:, class_index] = self.class_rule(class_index).masks(grid[:, class_index])
+        return masks

@@ -2,13 +2,16 @@
 
 * ``process()`` turns each slice's model output (soft instances and/or semantic maps, see
   :mod:`uwm_d2.modeling`) into per-class probability maps through the one probability path
-  (:func:`~uwm_d2.modeling.probabilities.class_probabilities`), cuts them with the submission's
-  merge rule (:class:`~uwm_d2.core.merge.MergeRule`) and keeps them only as COCO-compressed RLE,
-  so a whole validation fold fits in memory;
+  (:func:`~uwm_d2.modeling.probabilities.class_probabilities`), puts them on the merge rule's
+  8-bit grid (:func:`~uwm_d2.core.merge_steps.quantize`) and keeps them zlib-compressed (mostly
+  zeros: a whole validation fold fits in memory);
 * ``evaluate()`` gathers those from every rank (``comm.gather``), rebuilds each case-day's
-  ``(D, H, W)`` volumes per class (truth from the dataset dicts' annotations; a slice with no
-  prediction counts as empty, as in the competition), applies the rule's 3D clean-up, and scores
-  them with :func:`uwm_d2.core.readings.score_volumes`.
+  ``(D, C, H, W)`` maps (a slice with no prediction counts as empty, as in the competition),
+  turns them into masks with the submission's rule (:meth:`~uwm_d2.core.merge.MergeRule.
+  volume_masks`: z-smoothing and 3D steps need the whole case-day), and scores them against the
+  truth of the dataset dicts with :func:`uwm_d2.core.readings.score_volumes`, one case-day at a
+  time. The maps cut are the very values an out-of-fold file or a submission cuts, so a
+  validation score is the score of the file that gets written.
 
 The result is ``{"uwm": {...}}`` with flat float values (detectron2's ``EvalHook`` and
 ``BestCheckpointer`` read ``uwm/score``): ``score``, ``dice``, ``hausdorff``,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from pycocotools import mask as mask_util
 from uwm_d2.core.atomic import atomic_write_text
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import MergeRule
+from uwm_d2.core.merge_steps import quantize
 from uwm_d2.core.readings import DEFAULT_READING, LazyVolumes, resolve_readings, score_volumes
 from uwm_d2.data.inputs import group_by_case_day
 from uwm_d2.modeling.probabilities import class_probabilities
@@ -48,16 +53,21 @@ from uwm_d2.modeling.probabilities import class_probabilities
 logger = logging.getLogger(__name__)
 
 
-def _encode(masks: np.ndarray) -> list[dict[str, Any]]:
-    """``(C, H, W)`` bool → C COCO RLEs (one ``encode`` call for all channels)."""
-    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-
-
 def _decode(rles: Sequence[dict[str, Any]], shape: tuple[int, int]) -> np.ndarray:
     """C COCO RLEs → ``(C, H, W)`` bool (a union for annotations is done by the caller)."""
     if not rles:
         return np.zeros((0, *shape), dtype=bool)
     return np.moveaxis(mask_util.decode(list(rles)), 2, 0).astype(bool)
+
+
+def pack_maps(probabilities: np.ndarray) -> bytes:
+    """One slice's ``(C, H, W)`` maps on the 8-bit grid, zlib-compressed (fast level)."""
+    return zlib.compress(np.ascontiguousarray(quantize(probabilities)).tobytes(), 1)
+
+
+def unpack_maps(packed: bytes, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """:func:`pack_maps` undone: ``(C, H, W)`` ``uint8``."""
+    return np.frombuffer(zlib.decompress(packed), dtype=np.uint8).reshape(num_classes, *shape)
 
 
 def truth_masks(record: Mapping[str, Any]) -> np.ndarray:
@@ -75,14 +85,15 @@ def truth_masks(record: Mapping[str, Any]) -> np.ndarray:
 class DatasetVolumes(LazyVolumes):
     """``{(case_day, class): (pred_vol, truth_vol)}`` of a registered dataset, built on access.
 
-    Predictions are the evaluator's per-slice RLEs; the truth comes from the dataset dicts.
-    One case-day is held at a time (a real fold's volumes would take gigabytes).
+    Predictions are the rule's masks of the evaluator's per-slice packed maps; the truth comes
+    from the dataset dicts. One case-day is held at a time (a real fold's volumes would take
+    gigabytes).
     """
 
     def __init__(
         self,
         groups: Mapping[str, Sequence[Mapping[str, Any]]],
-        predictions: Mapping[str, list[dict[str, Any]]],
+        predictions: Mapping[str, bytes],
         rule: MergeRule,
     ) -> None:
         self._groups = groups
@@ -98,17 +109,17 @@ class DatasetVolumes(LazyVolumes):
         return self._cache[1][:, class_index], self._cache[2][:, class_index]
 
     def _build(self, case_day: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(D, 3, H, W)`` predicted and true volumes of one case-day."""
+        """``(D, 3, H, W)`` predicted and true masks of one case-day."""
         records = self._groups[case_day]
         shape = (int(records[0]["height"]), int(records[0]["width"]))
-        pred = np.zeros((len(records), len(CLASSES), *shape), dtype=bool)
-        truth = np.zeros_like(pred)
+        maps = np.zeros((len(records), len(CLASSES), *shape), dtype=np.uint8)
+        truth = np.zeros(maps.shape, dtype=bool)
         for depth, record in enumerate(records):
             truth[depth] = truth_masks(record)
-            rles = self._predictions.get(record["slice_id"])
-            if rles is not None:
-                pred[depth] = _decode(rles, shape)
-        return self._rule.clean_volume(pred), truth
+            packed = self._predictions.get(record["slice_id"])
+            if packed is not None:
+                maps[depth] = unpack_maps(packed, shape, len(CLASSES))
+        return self._rule.volume_masks(maps), truth
 
 
 def flatten_result(result: Mapping[str, Any]) -> dict[str, float]:
@@ -179,8 +190,8 @@ class UWMEvaluator(DatasetEvaluator):
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for item, output in zip(inputs, outputs, strict=True):
-            masks = self._rule.binarize(class_probabilities(output, self._rule))
-            self._predictions.append({"slice_id": item["slice_id"], "rles": _encode(masks)})
+            maps = pack_maps(class_probabilities(output, self._rule))
+            self._predictions.append({"slice_id": item["slice_id"], "maps": maps})
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         if self._distributed:
@@ -194,7 +205,7 @@ class UWMEvaluator(DatasetEvaluator):
         if not predictions:
             logger.warning(f"[UWMEvaluator] no predictions for {self._dataset_name}")
             return {}
-        by_slice = {p["slice_id"]: p["rles"] for p in predictions}
+        by_slice = {p["slice_id"]: p["maps"] for p in predictions}
         records = DatasetCatalog.get(self._dataset_name)
         known = {record["slice_id"] for record in records}
         unknown = len(set(by_slice) - known)

@@ -9,10 +9,12 @@ Format (``--ensemble FILE`` of ``tools/infer_submit.py``)::
         weight: 2          # share of the average (default 1)
       - config: configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml
         weights: out/mask_rcnn/model_best.pth     # one path, or comma-separated
-    # The cut and the 3D clean-up of the averaged maps: the first member's UWM.EVAL unless set.
+    # The merge rule of the averaged maps: the first member's UWM.EVAL unless set here (the
+    # UWM.EVAL keys of the rule; per-class ones take one value or one per class).
     merge:
-      MASK_THRESHOLD: 0.45
-      CLEANUP_3D: true
+      MASK_THRESHOLD: [0.45, 0.5, 0.4]
+      Z_SMOOTHING: 0.5
+      MIN_SLICES_3D: [3, 2, 2]
 
 Every member's checkpoints are averaged first (flip TTA too), then members by their weights.
 Command-line overrides (``KEY VALUE`` after the flags, e.g. ``MODEL.DEVICE cuda``) apply to every
@@ -30,16 +32,12 @@ from typing import Any
 import yaml
 
 from uwm_d2.core.errors import UWMInputError, one_line
-from uwm_d2.core.merge import MergeRule
+from uwm_d2.core.merge import CFG_KEYS, MergeRule, MergeRuleError
 
-#: The keys of a ``merge:`` section and the ``MergeRule`` fields they set.
-MERGE_KEYS = {
-    "SCORE_THRESHOLDS": "score_thresholds",
-    "MASK_THRESHOLD": "mask_threshold",
-    "MIN_AREA": "min_area",
-    "CLEANUP_3D": "cleanup_3d",
-    "SEMANTIC_WEIGHT": "semantic_weight",
-}
+#: The keys of a ``merge:`` section and the ``MergeRule`` fields they set: the ``UWM.EVAL`` keys
+#: of the rule. A per-class setting (``MASK_THRESHOLD`` too, here) takes one value for every
+#: class or a list of one per class (``CLASSES`` order).
+MERGE_KEYS = {key: name for name, key in CFG_KEYS.items()}
 
 
 def read_ensemble(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -103,13 +101,26 @@ def _member(path: Path, index: int, entry: Any) -> dict[str, Any]:
     }
 
 
+def merge_section(rule: MergeRule) -> dict[str, Any]:
+    """The ``merge:`` section that sets every setting of ``rule`` (plain YAML values);
+    :func:`override_rule` of any rule with it gives ``rule`` back."""
+    return {CFG_KEYS[name]: value for name, value in rule.as_dict().items()}
+
+
 def override_rule(rule: MergeRule, merge: dict[str, Any]) -> MergeRule:
-    """``rule`` with the ``merge:`` section's values (``MergeRule`` validates them)."""
+    """``rule`` with the ``merge:`` section's values (``MergeRule`` validates them).
+
+    Raises:
+        UWMInputError: ``"ensemble merge settings: <KEY> <problem>"``.
+    """
     changes = {MERGE_KEYS[key]: value for key, value in merge.items()}
     if "score_thresholds" in changes:
         changes["score_thresholds"] = tuple(changes["score_thresholds"])
     try:
         return replace(rule, **changes)
+    except MergeRuleError as error:
+        key = CFG_KEYS[error.setting]
+        raise UWMInputError(f"ensemble merge settings: {key} {error.problem}") from None
     except (TypeError, ValueError) as error:
         raise UWMInputError(f"ensemble merge settings: {error}") from None
 
