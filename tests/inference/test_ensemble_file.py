@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from uwm_d2.core.errors import UWMInputError
-from uwm_d2.core.merge import MergeRule
-from uwm_d2.inference.ensemble import merge_section, override_rule, read_ensemble
+from uwm_d2.core.merge import MergeRule, merge_section
+from uwm_d2.inference.ensemble import override_rule, read_ensemble
 
 MEMBERS = "members:\n  - {config: a.yaml, weights: x.pth}\n"
 

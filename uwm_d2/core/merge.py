@@ -46,6 +46,7 @@ __all__ = [
     "ClassRule",
     "MergeRule",
     "MergeRuleError",
+    "merge_section",
     "quantize",
     "remove_single_slice_components",
 ]
@@ -435,3 +436,9 @@ class MergeRule:
         for class_index in range(self.num_classes):
             masks[:, class_index] = self.class_rule(class_index).masks(grid[:, class_index])
         return masks
+
+
+def merge_section(rule: MergeRule) -> dict[str, Any]:
+    """The ``merge:`` section of an ensemble file (``UWM.EVAL`` keys, plain YAML values) that
+    sets every setting of ``rule``; reading it back over any rule gives ``rule``."""
+    return {CFG_KEYS[name]: value for name, value in rule.as_dict().items()}

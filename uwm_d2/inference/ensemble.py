@@ -101,12 +101,6 @@ def _member(path: Path, index: int, entry: Any) -> dict[str, Any]:
     }
 
 
-def merge_section(rule: MergeRule) -> dict[str, Any]:
-    """The ``merge:`` section that sets every setting of ``rule`` (plain YAML values);
-    :func:`override_rule` of any rule with it gives ``rule`` back."""
-    return {CFG_KEYS[name]: value for name, value in rule.as_dict().items()}
-
-
 def override_rule(rule: MergeRule, merge: dict[str, Any]) -> MergeRule:
     """``rule`` with the ``merge:`` section's values (``MergeRule`` validates them).
 
