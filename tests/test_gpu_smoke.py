@@ -76,7 +76,8 @@ def test_refuses_clearly_without_cuda(tmp_path: Path) -> None:
 def test_install_step_works_from_a_wheel_folder_and_is_idempotent(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    wheelhouse_tests = _load(REPO_ROOT / "tests" / "test_wheelhouse.py", "_uwm_wheelhouse_tests")
+    from . import test_wheelhouse as wheelhouse_tests
+
     base = tmp_path_factory.getbasetemp()
     env = wheelhouse_tests.offline_env(base)
     output = env.install_output

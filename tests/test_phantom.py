@@ -159,9 +159,12 @@ def test_the_tool_creates_missing_parents_and_leaves_nothing_on_bad_input(
         monkeypatch.setattr(sys, "argv", ["make_phantom.py", "--out", str(out), *tiny, *args])
         tool.main()
 
-    with pytest.raises(UWMInputError, match="cases=0"):
+    # A bad count is refused by the parser, naming its flag, before any folder is made.
+    with pytest.raises(SystemExit) as exited:
         run(tmp_path / "a" / "b" / "data", "--cases", "0")
-    assert list(tmp_path.iterdir()) == []  # the parents it made for the run are gone again
+    assert exited.value.code == 2
+    assert "argument --cases: must be >= 1, got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
     (tmp_path / "file").write_text("x")
     with pytest.raises(UWMInputError, match=r"cannot be created: '.*file' is a file"):
         run(tmp_path / "file" / "b" / "data")
