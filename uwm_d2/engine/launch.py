@@ -39,6 +39,7 @@ resolves to an address the other machines cannot reach.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import pickle
@@ -189,34 +190,18 @@ def launch(
         main_func(*args)
         return
     timeout = timeout or dist_timeout()
+    spawn = functools.partial(
+        _spawn, main_func, args, device, num_processes_per_machine, machine_rank, world_size
+    )
     if dist_url and dist_url != "auto":
-        _spawn(
-            main_func,
-            args,
-            device,
-            num_processes_per_machine,
-            machine_rank,
-            world_size,
-            dist_url,
-            timeout,
-        )
+        spawn(dist_url, timeout)
         return
     if num_machines > 1:
         raise UWMInputError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
     # One machine: a port of our own, so that concurrent runs never meet on a fixed one.
     for attempt in range(_AUTO_PORT_ATTEMPTS):
         try:
-            url = free_local_url()
-            _spawn(
-                main_func,
-                args,
-                device,
-                num_processes_per_machine,
-                machine_rank,
-                world_size,
-                url,
-                timeout,
-            )
+            spawn(free_local_url(), timeout)
             return
         except PortInUseError:
             if attempt == _AUTO_PORT_ATTEMPTS - 1:
