@@ -24,7 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="folder for the pictures")
     parser.add_argument("--data-root", type=Path, help="competition-layout data root")
     parser.add_argument("--split", default="train", help="train or test (default: train)")
-    parser.add_argument("--case-day", help="the scan session to draw, e.g. case12_day3")
+    parser.add_argument(
+        "--case-day", help="the scan session to draw, e.g. case12_day3 (default: the split's first)"
+    )
     parser.add_argument("--truth", type=Path, help="label CSV (id,class,segmentation)")
     parser.add_argument("--pred", type=Path, help="submission CSV (id,class,predicted)")
     parser.add_argument("--slices", type=int, default=8, help="slices in the montage (default 8)")
@@ -37,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from uwm_d2 import visualization
 
-    if not args.metrics and not args.case_day:
-        raise UWMInputError("nothing to draw: give --case-day (with --data-root) or --metrics")
+    if not args.metrics and not args.data_root:
+        raise UWMInputError("nothing to draw: give --data-root (and --case-day) or --metrics")
     if args.case_day and args.data_root is None:
         raise UWMInputError("--case-day needs --data-root")
     if args.metrics and not args.metrics.is_file():
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     written = []
     # A failed run leaves no new folders behind (and nothing half-written: files are atomic).
     with output_folder(args.out):
-        if args.case_day:
+        if args.data_root is not None:
             written += visualization.render_case_day(
                 args.data_root,
                 args.case_day,

@@ -303,7 +303,7 @@ def _masks_from_csv(
 
 def render_case_day(
     data_root: str | os.PathLike,
-    case_day: str,
+    case_day: str | None,
     out_dir: str | os.PathLike,
     split: str = "train",
     truth_csv: str | os.PathLike | None = None,
@@ -311,7 +311,8 @@ def render_case_day(
     num_slices: int = 8,
     gif: bool = False,
 ) -> list[Path]:
-    """Write ``<case_day>_montage.png`` (and ``<case_day>.gif``) into ``out_dir``.
+    """Write ``<case_day>_montage.png`` (and ``<case_day>.gif``) into ``out_dir``; without a
+    ``case_day``, of the split's first one.
 
     Raises:
         UWMInputError: the case-day has no scans under ``data_root/split``; a CSV is malformed.
@@ -322,6 +323,8 @@ def render_case_day(
 
     root = Path(data_root)
     every_scan = index_scans(root, split)
+    if case_day is None:  # the first of the split, in case then day order
+        case_day = str(every_scan.sort_values(["case", "day"])["case_day"].iloc[0])
     scans = every_scan[every_scan["case_day"] == case_day].reset_index(drop=True)
     if scans.empty:
         known = sorted(set(every_scan["case_day"]))
