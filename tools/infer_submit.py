@@ -11,11 +11,15 @@ Examples:
 
     python tools/infer_submit.py --ensemble ensemble.yaml --data-root DATA --tta \
         --out submission.csv MODEL.DEVICE cuda
+    python tools/infer_submit.py --exported export/fold0 export/fold1 --data-root DATA --tta \
+        --out submission.csv
 
 Rows follow the sample submission (default ROOT/sample_submission.csv; a sample with no rows gives a
 header-only file). Several comma-separated checkpoints in MODEL.WEIGHTS make an ensemble of one
 config; --ensemble FILE ensembles several configs (model kinds), with weights; see
 uwm_d2/inference/ensemble.py for the format. KEY VALUE overrides apply to every config.
+--exported DIR [DIR ...] runs folders of tools/export_model.py instead (several = an ensemble;
+without --tta, each export's own TTA setting), needing only pip install "uwm_d2[deploy]".
 A checkpoint is code: load only checkpoints from a source you trust.
 """
 
@@ -38,6 +42,9 @@ def parse_args() -> argparse.Namespace:
     models.add_argument("--config-file", help="the config the model was trained with")
     models.add_argument(
         "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
+    )
+    models.add_argument(
+        "--exported", nargs="+", type=Path, metavar="DIR", help="export folders (export_model)"
     )
     parser.add_argument("--data-root", required=True, type=Path, help="competition-layout root")
     parser.add_argument("--split", default="test", help="sub-folder of scans (default: test)")
@@ -71,16 +78,22 @@ def main() -> int:
     sample = args.sample_submission or args.data_root / "sample_submission.csv"
     if args.sample_submission is not None or sample.is_file():
         read_sample_submission(sample)
-    from detectron2.utils.logger import setup_logger
-
-    from uwm_d2.inference.ensemble import build_predictor
     from uwm_d2.inference.pipeline import predict_submission
 
-    setup_logger(name="uwm_d2", abbrev_name="uwm")
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
-    predictor = build_predictor(
-        args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
-    )
+    if args.exported:  # exported models: no torch, no detectron2
+        from uwm_d2.deploy import load_exported
+
+        predictor = load_exported(args.exported, args.tta or None, args.batch_size, args.opts)
+    else:
+        from detectron2.utils.logger import setup_logger
+
+        from uwm_d2.inference.ensemble import build_predictor
+
+        setup_logger(name="uwm_d2", abbrev_name="uwm")
+        logging.getLogger("fvcore").setLevel(logging.WARNING)
+        predictor = build_predictor(
+            args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
+        )
     summary = predict_submission(
         predictor,
         args.data_root,

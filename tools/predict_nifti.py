@@ -21,7 +21,10 @@ Examples:
       MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth MODEL.DEVICE cuda
   python tools/predict_nifti.py --ensemble ensemble.yaml --input scan.nii.gz --tta \\
       --per-class --out segmentations MODEL.DEVICE cuda
+  python tools/predict_nifti.py --exported export/semantic --input scan.nii.gz --out seg
 
+--exported DIR [DIR ...] runs folders of tools/export_model.py instead (several = an ensemble),
+needing only pip install "uwm_d2[deploy]" (no torch for ONNX).
 A checkpoint is code: load only checkpoints from a source you trust.
 """
 
@@ -44,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     models.add_argument("--config-file", help="the config the model was trained with")
     models.add_argument(
         "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
+    )
+    models.add_argument(
+        "--exported", nargs="+", type=Path, metavar="DIR", help="export folders (export_model)"
     )
     parser.add_argument(
         "--input",
@@ -82,16 +88,22 @@ def main(argv: list[str] | None = None) -> int:
 
     # Cheap checks first, before torch and detectron2 load (several seconds).
     check_inputs(args.input, args.out)
-    from detectron2.utils.logger import setup_logger
-
-    from uwm_d2.inference.ensemble import build_predictor
     from uwm_d2.inference.nifti import predict_nifti_files
 
-    setup_logger(name="uwm_d2", abbrev_name="uwm")
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
-    predictor = build_predictor(
-        args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
-    )
+    if args.exported:  # exported models: no torch, no detectron2
+        from uwm_d2.deploy import load_exported
+
+        predictor = load_exported(args.exported, args.tta or None, args.batch_size, args.opts)
+    else:
+        from detectron2.utils.logger import setup_logger
+
+        from uwm_d2.inference.ensemble import build_predictor
+
+        setup_logger(name="uwm_d2", abbrev_name="uwm")
+        logging.getLogger("fvcore").setLevel(logging.WARNING)
+        predictor = build_predictor(
+            args.config_file, args.opts, args.ensemble, tta=args.tta, batch_size=args.batch_size
+        )
     summary = predict_nifti_files(
         predictor, args.input, args.out, per_class=args.per_class, reorient=args.reorient
     )

@@ -170,14 +170,25 @@ class DeployPredictor(EnsemblePredictor):
 
 
 def load_exported(
-    folders: Sequence[str | os.PathLike], tta: bool | None = None, batch_size: int | None = None
+    folders: Sequence[str | os.PathLike],
+    tta: bool | None = None,
+    batch_size: int | None = None,
+    overrides: Sequence[str] = (),
 ) -> DeployPredictor:
     """A :class:`DeployPredictor` from export folders (checked, see ``read_export``).
 
+    ``overrides`` are a tool's ``KEY VALUE`` config overrides, which an export has no config
+    for: any is refused (the network and its rules were fixed at export).
+
     Raises:
-        UWMInputError: a folder is missing, incomplete, of a newer format, or holds a network
-            that its runtime refuses or that does not match its metadata.
+        UWMInputError: overrides were given; a folder is missing, incomplete, of a newer format,
+            or holds a network that its runtime refuses or that does not match its metadata.
     """
+    if overrides:
+        raise UWMInputError(
+            f"config overrides ({' '.join(overrides)}) do not apply to exported models: their "
+            "settings were fixed at export (export again with the overrides)"
+        )
     return DeployPredictor([read_export(folder) for folder in folders], tta, batch_size)
 
 
