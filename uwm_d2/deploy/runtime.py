@@ -10,7 +10,9 @@ TorchScript file is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,15 +67,24 @@ class OnnxNetwork:
 
 
 class TorchScriptNetwork:
-    """A TorchScript network on the CPU (torch is imported here, and only here)."""
+    """A TorchScript network on the CPU (torch is imported here, and only here).
+
+    The instance kinds' networks call torchvision's NMS and RoIAlign operators, which torchvision
+    registers with torch when it is imported: so it is imported first when installed.
+    """
 
     def __init__(self, path: Path) -> None:
         import torch
 
+        with contextlib.suppress(ImportError):
+            import torchvision  # noqa: F401  (registers torchvision::nms, roi_align)
+
         self.path = path
         self._torch = torch
         try:
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated; it runs
+                warnings.simplefilter("ignore", FutureWarning)
+                self.module = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as error:  # torch raises RuntimeError, ValueError, zipfile errors...
             detail = " ".join(str(error).split())[:300]
             raise UWMInputError(
