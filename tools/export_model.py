@@ -62,11 +62,8 @@ def main() -> int:
     from uwm_d2.core.atomic import check_output_folder
 
     check_output_folder(args.out, must_be_empty=True)  # before torch loads (seconds)
-    from detectron2.utils.logger import setup_logger
-
     from uwm_d2.export.exporter import export_model
 
-    setup_logger(name="uwm_d2", abbrev_name="uwm")
     logging.getLogger("fvcore").setLevel(logging.WARNING)
     summary = export_model(
         args.config_file, args.opts, args.format, args.out, args.ensemble, tta=args.tta

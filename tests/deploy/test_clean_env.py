@@ -54,7 +54,9 @@ def test_a_deploy_only_environment_writes_the_pytorch_submission(
          *trained_semantic.all_opts],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {export}: 1 onnx network(s) of 1 member(s)")
+    assert result.stdout.splitlines()[-1].startswith(
+        f"wrote {export}: 1 onnx network(s) of 1 member"
+    )
 
     venv = tmp_path / "venv"
     python = str(venv / "bin" / "python")
