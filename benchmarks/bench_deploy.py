@@ -8,7 +8,7 @@ reading, resize, network, probability path, merge rule, RLE rows). The export it
 too. Without ``--weights``, a freshly initialised model of ``--config`` is used (the speed of a
 network does not depend on its training). Run::
 
-    .venv/bin/python benchmarks/bench_deploy.py [--config C.yaml] [--weights W.pth]
+    .venv/bin/python benchmarks/bench_deploy.py [--config C.yaml] [--weights W.pth] [--max-slices N]
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def main() -> None:
         "--config", type=Path, default=CONFIG, help="model config (default: the semantic demo)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--max-slices", type=int, default=24, help="slices per phantom scan (default 24)"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -55,7 +58,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data_root = tmp_path / "data"
-        make_phantom(data_root, cases=2, test_cases=2, max_slices=24, workers=1, progress=False)
+        make_phantom(
+            data_root, cases=2, test_cases=2, max_slices=args.max_slices, workers=1, progress=False
+        )
         weights = args.weights
         if weights is None:
             torch.manual_seed(0)

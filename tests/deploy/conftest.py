@@ -24,6 +24,7 @@ pytest.importorskip("onnxruntime")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEMANTIC = "configs/quick_schedules/semantic_R_18_FPN_instant_test.yaml"
 MASK_RCNN = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
+COMBINED = "configs/quick_schedules/panoptic_fpn_R_18_instant_test.yaml"
 TRAIN_ITERATIONS = 40
 #: Every detection kept: the untrained Mask R-CNN's scores are low.
 KEEP_ALL_DETECTIONS = [
@@ -111,29 +112,49 @@ def trained_semantic(phantom_root: Path, tmp_path_factory: pytest.TempPathFactor
     return Model(SEMANTIC, ("MODEL.DEVICE", "cpu"), folder / "out" / "model_final.pth")
 
 
-@pytest.fixture(scope="session")
-def untrained_mask_rcnn(tmp_path_factory: pytest.TempPathFactory) -> Model:
+def untrained(config: str, folder: Path) -> Model:
+    """A freshly initialised model of ``config`` that keeps every detection."""
     import torch
     from detectron2.modeling import build_model
 
     from uwm_d2.config import build_cfg
 
     opts = ("MODEL.DEVICE", "cpu", *KEEP_ALL_DETECTIONS)
-    checkpoint = tmp_path_factory.mktemp("mask_rcnn") / "model.pth"
     torch.manual_seed(0)
-    model = build_model(build_cfg(REPO_ROOT / MASK_RCNN, list(opts)))
-    torch.save({"model": model.state_dict()}, checkpoint)
-    return Model(MASK_RCNN, opts, checkpoint)
+    model = build_model(build_cfg(REPO_ROOT / config, list(opts)))
+    torch.save({"model": model.state_dict()}, folder / "model.pth")
+    return Model(config, opts, folder / "model.pth")
+
+
+@pytest.fixture(scope="session")
+def untrained_mask_rcnn(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    return untrained(MASK_RCNN, tmp_path_factory.mktemp("mask_rcnn"))
+
+
+@pytest.fixture(scope="session")
+def untrained_combined(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    return untrained(COMBINED, tmp_path_factory.mktemp("combined"))
+
+
+@pytest.fixture(scope="session")
+def models(
+    trained_semantic: Model, untrained_mask_rcnn: Model, untrained_combined: Model
+) -> dict[str, Model]:
+    return {
+        "semantic": trained_semantic,
+        "mask_rcnn": untrained_mask_rcnn,
+        "combined": untrained_combined,
+    }
 
 
 @pytest.fixture(scope="session")
 def exported(
-    trained_semantic: Model, untrained_mask_rcnn: Model, tmp_path_factory: pytest.TempPathFactory
+    models: dict[str, Model], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str, str], Path]:
-    """``exported(kind, format)``: the export folder of ``semantic`` or ``mask_rcnn``."""
+    """``exported(kind, format)``: the export folder of ``semantic``, ``mask_rcnn`` or
+    ``combined``."""
     from uwm_d2.export.exporter import export_model
 
-    models = {"semantic": trained_semantic, "mask_rcnn": untrained_mask_rcnn}
     made: dict[tuple[str, str], Path] = {}
 
     def export(kind: str, network_format: str) -> Path:

@@ -63,18 +63,17 @@ def parity(model: Model, export: Path, data_root: Path) -> dict[str, float]:
         ("semantic", "torchscript"),
         ("mask_rcnn", "torchscript"),
         ("mask_rcnn", "onnx"),
+        ("combined", "torchscript"),
     ],
 )
 def test_the_exported_predictor_gives_the_pytorch_masks(
     kind: str,
     network_format: str,
     exported: Callable[[str, str], Path],
-    trained_semantic: Model,
-    untrained_mask_rcnn: Model,
+    models: dict[str, Model],
     phantom_root: Path,
 ) -> None:
-    model = trained_semantic if kind == "semantic" else untrained_mask_rcnn
-    result = parity(model, exported(kind, network_format), phantom_root)
+    result = parity(models[kind], exported(kind, network_format), phantom_root)
     assert result["foreground"] > 100, result  # a model that predicts something
     assert result["differing"] == 0, result
     assert result["largest"] <= PROBABILITY_TOLERANCE, result
