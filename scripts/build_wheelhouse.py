@@ -3,10 +3,12 @@
 
 Everything this project needs beyond torch and torchvision, as wheels: the patched detectron2
 (``scripts/build_detectron2.py``), uwm_d2 itself and every dependency of both (numpy, pandas,
-scipy, OpenCV, pycocotools, fvcore, iopath, omegaconf, hydra-core, nibabel, ...). On a machine
-without internet that already has torch and torchvision::
+scipy, OpenCV, pycocotools, fvcore, iopath, omegaconf, hydra-core, nibabel, ...), and what
+exported models need (onnxruntime). On a machine without internet that already has torch and
+torchvision, or on one with neither for exported models::
 
     pip install --no-index --find-links wheelhouse "uwm_d2[detectron2]"
+    pip install --no-index --find-links wheelhouse "uwm_d2[deploy]"
 
 Examples::
 
@@ -71,6 +73,9 @@ GPU_IMAGE = frozenset(
     }
 )  # fmt: skip
 LEAVE_OUT_SETS = {"gpu-image": GPU_IMAGE}
+#: The extras of uwm_d2 the folder serves: PyTorch inference with the patched detectron2, and
+#: exported models without torch.
+EXTRAS = ("detectron2", "deploy")
 #: manylinux tags accepted for another Python: pip matches platform tags exactly, so every glibc
 #: level a wheel may be tagged with is listed (2.17 ... 2.35: glibc 2.35 or newer on the target).
 MANYLINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 36)] + [
@@ -254,11 +259,23 @@ def detectron2_wheel(python: str) -> Path:
     return wheel
 
 
+def root_extras(root: WheelInfo) -> frozenset[str]:
+    """The extras a root is installed with: :data:`EXTRAS` for uwm_d2, none for detectron2."""
+    return frozenset(EXTRAS) if root.name == "uwm-d2" else frozenset()
+
+
+def root_requirement(root: WheelInfo) -> str:
+    """A root's wheel as pip takes it, with its extras (``path.whl[a,b]``)."""
+    extras = sorted(root_extras(root))
+    return f"{root.path}[{','.join(extras)}]" if extras else str(root.path)
+
+
 def dependency_key(roots: Sequence[WheelInfo], target: Target) -> str:
     """Everything the resolved dependency set depends on (not uwm_d2's code, only its needs)."""
     text = json.dumps(
         {
             "schema": SCHEMA,
+            "extras": list(EXTRAS),
             "target": target.tag,
             "requires": [sorted(str(r) for r in root.requires) for root in roots],
             "roots": [f"{root.name}=={root.version}" for root in roots],
@@ -287,7 +304,7 @@ def resolve_dependencies(
     (CACHE / "deps").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.tag}-", dir=CACHE / "deps"))
     try:
-        root_paths = [str(root.path) for root in roots]
+        root_paths = [root_requirement(root) for root in roots]
         find_links = [arg for root in roots for arg in ("--find-links", str(root.path.parent))]
         if target.native:
             # pip wheel: downloads wheels, builds the sdist-only ones into wheels.
@@ -308,7 +325,7 @@ def resolve_dependencies(
         for _attempt in range(3):
             wheels = index_wheels(tmp.glob("*.whl"), roots)
             _, missing = closure(
-                [(root.name, frozenset()) for root in roots],
+                [(root.name, root_extras(root)) for root in roots],
                 wheels,
                 target.marker_environment(),
                 frozenset(name for name in wheels if TORCH_FAMILY.match(name)),
@@ -426,10 +443,10 @@ def main() -> int:
     left_out = leave_out_names(args.leave_out)
     wheels = index_wheels(deps.glob("*.whl"), roots)
     provided = left_out | frozenset(name for name in wheels if TORCH_FAMILY.match(name))
-    # Only what the target reaches from uwm_d2[detectron2] (markers evaluated for the target,
-    # left-out packages not followed): the minimal folder for the install line.
+    # Only what the target reaches from uwm_d2[detectron2,deploy] (markers evaluated for the
+    # target, left-out packages not followed): the minimal folder for the install lines.
     reached, missing = closure(
-        [(roots[1].name, frozenset({"detectron2"})), (roots[0].name, frozenset())],
+        [(root.name, root_extras(root)) for root in roots],
         wheels,
         target.marker_environment(),
         provided,
@@ -439,6 +456,7 @@ def main() -> int:
     wanted = sorted((wheels[name].path for name in reached), key=lambda path: path.name)
     info = {
         "install": 'pip install --no-index --find-links <this folder> "uwm_d2[detectron2]"',
+        "install_deploy": 'pip install --no-index --find-links <this folder> "uwm_d2[deploy]"',
         "target": target.tag,
         "left_out": sorted(left_out & set(wheels)),
         "uwm_d2_sources": source_digest(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One install path for laptops, CI and the Docker image: a virtual environment with torch,
-# detectron2 (built by scripts/build_detectron2.py) and uwm_d2 in editable mode with test extras.
+# detectron2 (built by scripts/build_detectron2.py) and uwm_d2 in editable mode with the train,
+# export and test extras.
 # Idempotent: when the stamp matches the install inputs and everything imports, it takes seconds
 # and changes nothing.
 #
@@ -100,7 +101,8 @@ up_to_date() {
     # No bytecode written: checking must leave the environment exactly as it was.
     [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" ]] \
         && PYTHONDONTWRITEBYTECODE=1 "$PY" -c \
-            "import torch, torchvision, detectron2.modeling, uwm_d2" >/dev/null 2>&1
+            "import torch, torchvision, detectron2.modeling, onnx, onnxruntime, uwm_d2" \
+            >/dev/null 2>&1
 }
 
 if up_to_date; then
@@ -124,7 +126,7 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
 fi
 run_step "detectron2 (the patched wheel, built once into .cache/wheels)" \
     "$PY" scripts/build_detectron2.py --quiet
-run_step "uwm_d2 (editable, with test extras) and its dependencies" \
-    "$PY" -m pip install --quiet -e ".[test]"
+run_step "uwm_d2 (editable, with the train, export and test extras) and its dependencies" \
+    "$PY" -m pip install --quiet -e ".[train,export,test]"
 echo "$inputs_hash" >"$STAMP"
 echo "install: done in $(human_duration $((SECONDS - STARTED))) ($PY)"

@@ -11,11 +11,15 @@ Examples:
 
     python tools/infer_submit.py --ensemble ensemble.yaml --data-root DATA --tta \\
         --out submission.csv MODEL.DEVICE cuda
+    python tools/infer_submit.py --exported export/fold0 export/fold1 --data-root DATA --tta \
+        --out submission.csv
 
 Rows follow the sample submission (default ROOT/sample_submission.csv; a sample with no rows gives a
 header-only file). Several comma-separated checkpoints in MODEL.WEIGHTS make an ensemble of one
 config; --ensemble FILE ensembles several configs (model kinds), with weights; see
 uwm_d2/inference/ensemble.py for the format. KEY VALUE overrides apply to every config.
+--exported DIR [DIR ...] runs folders of tools/export_model.py instead (several = an ensemble;
+without --tta, each export's own TTA setting), needing only pip install "uwm_d2[deploy]".
 A checkpoint is code: load only checkpoints from a source you trust.
 """
 
@@ -43,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rows to fill, in order (default: ROOT/sample_submission.csv if it exists)",
     )
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
-    add_model_arguments(parser)
+    add_model_arguments(parser, exported=True)
     return parse_tool_args(parser, argv)
 
 

@@ -21,7 +21,10 @@ Examples:
       MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth MODEL.DEVICE cuda
   python tools/predict_nifti.py --ensemble ensemble.yaml --input scan.nii.gz --tta \\
       --per-class --out segmentations MODEL.DEVICE cuda
+  python tools/predict_nifti.py --exported export/semantic --input scan.nii.gz --out seg
 
+--exported DIR [DIR ...] runs folders of tools/export_model.py instead (several = an ensemble),
+needing only pip install "uwm_d2[deploy]" (no torch for ONNX).
 A checkpoint is code: load only checkpoints from a source you trust.
 """
 
@@ -58,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="turn the volume to LPS axes by its affine before predicting (and back after)",
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, exported=True)
     return parse_tool_args(parser, argv)
 
 

@@ -105,7 +105,11 @@ def tool_parser(
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, *, ensemble: bool = True, inference: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    ensemble: bool = True,
+    inference: bool = True,
+    exported: bool = False,
 ) -> argparse._MutuallyExclusiveGroup:
     """The arguments that name a trained model and run it, the same in every tool.
 
@@ -126,6 +130,14 @@ def add_model_arguments(
     if ensemble:
         models.add_argument(
             "--ensemble", type=Path, help="YAML file listing configs, checkpoints and weights"
+        )
+    if exported:
+        models.add_argument(
+            "--exported",
+            nargs="+",
+            type=Path,
+            metavar="DIR",
+            help="folders of tools/export_model.py (several: an ensemble); needs no torch for ONNX",
         )
     if inference:
         parser.add_argument(
@@ -166,10 +178,17 @@ def parse_tool_args(
 
 
 def predictor_from_args(args: argparse.Namespace) -> Any:
-    """The predictor that :func:`add_model_arguments`' flags name (imports torch and detectron2).
+    """The predictor that :func:`add_model_arguments`' flags name: exported models through
+    :func:`uwm_d2.deploy.load_exported` (no torch for ONNX), else PyTorch models (imports torch
+    and detectron2).
 
     detectron2's logger is set up for ``uwm_d2`` with fvcore's chatter kept to warnings.
     """
+    if getattr(args, "exported", None):  # exported models: no torch, no detectron2
+        from uwm_d2.deploy import load_exported
+
+        tta = getattr(args, "tta", False) or None  # None: each export's own setting
+        return load_exported(args.exported, tta, getattr(args, "batch_size", None), args.opts)
     from detectron2.utils.logger import setup_logger
 
     from uwm_d2.inference.ensemble import build_predictor

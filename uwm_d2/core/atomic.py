@@ -86,6 +86,26 @@ def output_folder(out: str | os.PathLike, must_be_empty: bool = False) -> Iterat
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temp folder beside ``out``; on success it becomes ``out``, on error it goes.
+
+    For outputs that are a whole folder (an exported model): ``out`` must be new or an empty
+    folder, so a failed or killed run never leaves a partial ``out`` (at most a hidden temp
+    folder, ``.<name>.tmp-...``). Missing parents are created, and removed again on failure.
+    """
+    out = check_output_folder(out, must_be_empty=True)
+    with output_folder(out.parent) as parent:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out)}{os.getpid()}-", dir=parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, out)  # replaces an empty folder too (POSIX rename)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
 def _host_tag() -> str:
     """This machine's name as it appears in temp names: no ``-`` (the field separator), short."""
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"

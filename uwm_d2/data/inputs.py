@@ -12,6 +12,10 @@ channels) times :data:`INPUT_SCALE` = 255, i.e. in ``[0, 255]``: the range detec
 ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` conventions (and the COCO model-zoo weights) assume for
 8-bit photos, but kept in float so none of the 16-bit precision is lost to rounding. The configs
 set ``PIXEL_MEAN`` / ``PIXEL_STD`` for this range.
+
+At test time the input is then resized by :func:`resize_to_test_size` (the shortest edge to
+``INPUT.MIN_SIZE_TEST``, the longest at most ``INPUT.MAX_SIZE_TEST``, bilinear with OpenCV): the
+test mapper and the exported-model predictor (:mod:`uwm_d2.deploy`) both call it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from uwm_d2.core.errors import UWMInputError
@@ -44,6 +49,47 @@ def to_model_range(
     # The scale rides along in normalize_intensity's lookup table: same values as multiplying
     # the [0, 1] result by 255, one pass fewer.
     return normalize_intensity(stack, low_percentile, high_percentile, scale=INPUT_SCALE)
+
+
+def resized_shape(
+    height: int, width: int, short_edge: int, max_size: float = float("inf")
+) -> tuple[int, int]:
+    """``(H', W')`` of an ``height x width`` image with its shortest edge scaled to ``short_edge``.
+
+    The aspect ratio is kept; when the longest edge would pass ``max_size`` the image is scaled
+    down until it does not; sizes are rounded half up. detectron2's ``ResizeShortestEdge`` rule
+    (``tests/data/test_inputs.py`` checks it against ``get_output_shape``).
+    """
+    scale = short_edge / min(height, width)
+    if height < width:
+        new_height, new_width = float(short_edge), scale * width
+    else:
+        new_height, new_width = scale * height, float(short_edge)
+    if max(new_height, new_width) > max_size:
+        shrink = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * shrink, new_width * shrink
+    return int(new_height + 0.5), int(new_width + 0.5)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` image → ``size = (H', W')``, bilinear (OpenCV), same layout."""
+    new_height, new_width = size
+    resized = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    if image.ndim == 3 and resized.ndim == 2:  # OpenCV drops a trailing axis of size 1
+        resized = resized[..., None]
+    return resized
+
+
+def resize_to_test_size(image: np.ndarray, min_size: int, max_size: float) -> np.ndarray:
+    """The network input at test time: ``image`` resized by :func:`resized_shape`.
+
+    ``min_size`` is ``INPUT.MIN_SIZE_TEST`` (0: no resize), ``max_size`` ``INPUT.MAX_SIZE_TEST``.
+    """
+    if min_size == 0:
+        return image
+    height, width = image.shape[:2]
+    size = resized_shape(height, width, min_size, max_size)
+    return image if size == (height, width) else resize_image(image, size)
 
 
 def neighbor_files(

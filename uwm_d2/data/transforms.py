@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from detectron2.data import transforms as T
 
-from uwm_d2.data.inputs import INPUT_SCALE
+from uwm_d2.data.inputs import INPUT_SCALE, resize_image, resized_shape
 
 
 def _warp(image: np.ndarray, matrix: np.ndarray, interpolation: int) -> np.ndarray:
@@ -103,8 +103,10 @@ class CV2ResizeTransform(T.ResizeTransform):
 
     def apply_image(self, img: np.ndarray, interp: int | None = None) -> np.ndarray:
         assert img.shape[:2] == (self.h, self.w), (img.shape, self.h, self.w)
-        flag = cv2.INTER_LINEAR if interp is None else interp
-        resized = cv2.resize(img, (self.new_w, self.new_h), interpolation=flag)
+        if interp is None or interp == cv2.INTER_LINEAR:
+            # The one bilinear resize of model inputs (the exported-model predictor calls it too).
+            return resize_image(img, (self.new_h, self.new_w))
+        resized = cv2.resize(img, (self.new_w, self.new_h), interpolation=interp)
         if img.ndim == 3 and resized.ndim == 2:  # OpenCV drops a trailing axis of size 1
             resized = resized[..., None]
         return resized
@@ -116,13 +118,23 @@ class CV2ResizeTransform(T.ResizeTransform):
 
 
 class ResizeShortestEdgeCV2(T.ResizeShortestEdge):
-    """``T.ResizeShortestEdge`` (same arguments, same sizes drawn) resizing with OpenCV."""
+    """``T.ResizeShortestEdge`` (same arguments, same sizes drawn) resizing with OpenCV.
+
+    The output size comes from :func:`uwm_d2.data.inputs.resized_shape`, the rule the
+    exported-model predictor applies at test time too.
+    """
 
     def get_transform(self, image: np.ndarray) -> T.Transform:
-        transform = super().get_transform(image)
-        if not isinstance(transform, T.ResizeTransform):
-            return transform
-        return CV2ResizeTransform(transform.h, transform.w, transform.new_h, transform.new_w)
+        height, width = image.shape[:2]
+        # The same random draw as detectron2's ResizeShortestEdge (same generator, same calls).
+        if self.is_range:
+            size = np.random.randint(self.short_edge_length[0], self.short_edge_length[1] + 1)
+        else:
+            size = np.random.choice(self.short_edge_length)
+        if size == 0:
+            return T.NoOpTransform()
+        new_height, new_width = resized_shape(height, width, int(size), self.max_size)
+        return CV2ResizeTransform(height, width, new_height, new_width)
 
 
 class PhotometricTransform(T.Transform):

@@ -93,7 +93,7 @@ class VolumeReader:
         return self.slices[index]
 
     def records(self, case_day: str) -> list[dict[str, Any]]:
-        """One record per slice, in order, as :func:`~uwm_d2.inference.predictor.scan_records`."""
+        """One record per slice, in order, as :func:`~uwm_d2.inference.volume.scan_records`."""
         height, width = self.slices.shape[1:]
         return [
             {
@@ -110,7 +110,7 @@ class VolumeReader:
 
 def training_spacing(predictor: Any) -> float:
     """``UWM.PIXEL_SPACING_MM`` of the ensemble (0: never resample); members must agree."""
-    values = {float(member.cfg.UWM.PIXEL_SPACING_MM) for member in predictor.members}
+    values = {float(member.pixel_spacing_mm) for member in predictor.members}
     if len(values) != 1:
         raise UWMInputError(
             f"the ensemble's members were trained at different UWM.PIXEL_SPACING_MM "

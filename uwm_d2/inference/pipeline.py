@@ -1,5 +1,6 @@
 """From a data root and trained models to ``submission.csv``: what ``tools/infer_submit.py`` runs.
 
+No torch here: the predictor may be PyTorch models or exported ones (:mod:`uwm_d2.deploy`).
 Offline by design: only local checkpoints are read, nothing is downloaded. Inputs are checked
 before any model runs (output folder writable, every sample-submission id has its scan on disk),
 and the submission is written atomically, so an interrupted run leaves no partial file.
@@ -18,13 +19,13 @@ from uwm_d2.core.atomic import check_writable_target
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.layout_reader import index_scans
 from uwm_d2.core.progress import Progress
-from uwm_d2.inference.predictor import VolumePredictor, scan_records
 from uwm_d2.inference.submission import (
     build_submission,
     encode_class_masks,
     read_sample_submission,
     write_submission,
 )
+from uwm_d2.inference.volume import EnsemblePredictor, scan_records
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def resolve_sample_submission(
 
 
 def predict_submission(
-    predictor: VolumePredictor,
+    predictor: EnsemblePredictor,
     data_root: str | os.PathLike,
     out: str | os.PathLike,
     split: str = "test",
@@ -61,7 +62,8 @@ def predict_submission(
     """Predict every needed scan of ``data_root/split`` and write the submission to ``out``.
 
     ``predictor`` holds the models (one config or an ensemble, with or without flip TTA; see
-    :func:`uwm_d2.inference.ensemble.build_predictor`).
+    :func:`uwm_d2.inference.ensemble.build_predictor`, or exported models:
+    :func:`uwm_d2.deploy.load_exported`).
 
     Rows follow the sample submission exactly when there is one (a sample with no rows gives a
     header-only file); without one, every scan found gets its three class rows, sorted.

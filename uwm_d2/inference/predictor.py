@@ -1,4 +1,4 @@
-"""Batched inference over whole case-days: flip TTA, checkpoint ensembles, ensembles across kinds.
+"""Batched inference of PyTorch models over whole case-days: checkpoint and cross-kind ensembles.
 
 An ensemble is a list of :class:`EnsembleMember`: a config (its model kind, input size, 2.5D
 offsets, instance thresholds) with one or more checkpoints and a weight. Each slice goes through
@@ -6,21 +6,18 @@ every member's *test-time* :class:`~uwm_d2.data.mapper.UWMDatasetMapper` (the sa
 normalization and resizing as validation during training) and every member's models, in batches;
 each pass's soft output becomes per-class probability maps through the one probability path
 (:func:`~uwm_d2.modeling.probabilities.class_probabilities`, with the member's own rule for
-instance selection and kind weighting). Maps are averaged over flip TTA and checkpoints within a
-member, then over members by their weights, and cut by the ensemble's merge rule
-(:meth:`~uwm_d2.core.merge.MergeRule.volume_masks`, with the 3D clean-up): with one model and no
-TTA this is exactly what the evaluator scores during training.
+instance selection and kind weighting). The batching, flip TTA, averaging and the cut are
+:class:`~uwm_d2.inference.volume.EnsemblePredictor`'s, shared with the exported-model predictor:
+with one model and no TTA this is exactly what the evaluator scores during training.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +27,21 @@ from detectron2.modeling import build_model
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.merge import MergeRule
 from uwm_d2.core.weights import split_weights
-from uwm_d2.data.inputs import group_by_case_day, neighbor_files
 from uwm_d2.data.mapper import UWMDatasetMapper
 from uwm_d2.engine.checkpoint import load_checkpoint
+from uwm_d2.inference.volume import EnsemblePredictor, scan_records
 from uwm_d2.modeling.probabilities import check_soft_model, class_probabilities
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EnsembleMember",
+    "VolumePredictor",
+    "build_models",
+    "default_batch_size",
+    "scan_records",
+    "split_weights",
+]
 
 
 def build_models(cfg: CfgNode) -> list[torch.nn.Module]:
@@ -62,7 +68,7 @@ def default_batch_size(device: str) -> int:
 
 @dataclass
 class EnsembleMember:
-    """One config's models in an ensemble.
+    """One config's models in an ensemble (a :class:`~uwm_d2.inference.volume.Member`).
 
     Args:
         cfg: a frozen config (``add_uwm_config`` applied).
@@ -84,10 +90,33 @@ class EnsembleMember:
         self.rule = MergeRule.from_cfg(self.cfg)
         self.mapper = UWMDatasetMapper(self.cfg, is_train=False)
         self.offsets = tuple(int(offset) for offset in self.cfg.UWM.SLICE_OFFSETS)
+        self.pixel_spacing_mm = float(self.cfg.UWM.PIXEL_SPACING_MM)
+
+    @property
+    def network_count(self) -> int:
+        return len(self.models)
+
+    def prepare(
+        self, records: Sequence[dict], reader: Callable[[Path], np.ndarray] | None
+    ) -> list[dict]:
+        """The test mapper's outputs (2.5D stack, window, test-time resize) for ``records``."""
+        mapper = self.mapper
+        if reader is not None:
+            # A shallow copy for this call: the member's own mapper keeps reading files.
+            mapper = copy.copy(mapper)
+            mapper.reader = reader
+        return [mapper(dict(record)) for record in records]
+
+    @torch.no_grad()
+    def run(self, network: int, inputs: list[dict], flip: bool) -> np.ndarray:
+        """``(B, C, H, W)`` maps of model ``network`` through the one probability path."""
+        batch = [{**item, "image": item["image"].flip(-1)} for item in inputs] if flip else inputs
+        outputs = self.models[network].soft_outputs(batch)
+        return np.stack([class_probabilities(output, self.rule) for output in outputs])
 
 
-class VolumePredictor:
-    """Predict per-class masks (or probabilities) for whole case-days with an ensemble.
+class VolumePredictor(EnsemblePredictor):
+    """An :class:`~uwm_d2.inference.volume.EnsemblePredictor` of PyTorch models.
 
     Args:
         members: one or more :class:`EnsembleMember`.
@@ -108,89 +137,4 @@ class VolumePredictor:
             raise UWMInputError("an ensemble needs at least one member")
         if batch_size is None:
             batch_size = default_batch_size(members[0].cfg.MODEL.DEVICE)
-        if batch_size < 1:
-            raise UWMInputError(f"batch size must be at least 1, got {batch_size}")
-        self.members = list(members)
-        self.rule = rule or self.members[0].rule
-        self.tta = tta
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def _member_maps(
-        self,
-        member: EnsembleMember,
-        records: Sequence[dict],
-        reader: Callable[[Path], np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """``(B, C, H, W)`` mean probability maps of one member over TTA and its checkpoints."""
-        mapper = member.mapper
-        if reader is not None:
-            # A shallow copy for this call: the member's own mapper keeps reading files.
-            mapper = copy.copy(mapper)
-            mapper.reader = reader
-        inputs = [mapper(dict(record)) for record in records]
-        flips = (False, True) if self.tta else (False,)
-        total: np.ndarray | None = None
-        for model in member.models:
-            for flip in flips:
-                batch = (
-                    [{**item, "image": item["image"].flip(-1)} for item in inputs]
-                    if flip
-                    else inputs
-                )
-                maps = [
-                    class_probabilities(output, member.rule) for output in model.soft_outputs(batch)
-                ]
-                stacked = np.stack([m[..., ::-1] if flip else m for m in maps])
-                total = stacked if total is None else total + stacked
-        return total / (len(member.models) * len(flips))
-
-    def predict_probabilities(
-        self, records: Sequence[dict], reader: Callable[[Path], np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Probabilities of one case-day: ``(D, C, H, W)`` float32, slices in the records' order.
-
-        ``records`` are one case-day's slices sorted by slice number, each with ``file_name``,
-        ``height`` and ``width`` (see :func:`scan_records`); every member takes its own 2.5D
-        neighbours from them. ``reader`` (default: the mappers' own, 16-bit PNG files) reads one
-        ``file_name`` into an ``(H, W)`` array, e.g. a slice of an in-memory NIfTI volume.
-        """
-        paths = [record["file_name"] for record in records]
-        weights = sum(member.weight for member in self.members)
-        chunks = []
-        for start in range(0, len(records), self.batch_size):
-            batch = records[start : start + self.batch_size]
-            average: np.ndarray | None = None
-            for member in self.members:
-                with_neighbours = [
-                    {**record, "neighbor_files": neighbor_files(paths, start + i, member.offsets)}
-                    for i, record in enumerate(batch)
-                ]
-                maps = self._member_maps(member, with_neighbours, reader)
-                maps *= member.weight / weights
-                average = maps if average is None else average + maps
-            chunks.append(average.astype(np.float32, copy=False))
-        return np.concatenate(chunks)
-
-    def predict_case_day(
-        self, records: Sequence[dict], reader: Callable[[Path], np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Masks of one case-day: ``(D, C, H, W)`` bool, cut and cleaned by the ensemble's rule."""
-        return self.rule.volume_masks(self.predict_probabilities(records, reader))
-
-
-def scan_records(data_root: str | os.PathLike, scans: Any) -> dict[str, list[dict]]:
-    """Slice records per case-day (sorted by slice) from an ``index_scans`` frame."""
-    root = Path(data_root)
-    records = [
-        {
-            "file_name": str(root / row.path),
-            "slice_id": row.id,
-            "case_day": row.case_day,
-            "slice": int(row.slice),
-            "height": int(row.height),
-            "width": int(row.width),
-        }
-        for row in scans.itertuples(index=False)
-    ]
-    return {case_day: list(group) for case_day, group in group_by_case_day(records).items()}
+        super().__init__(members, rule=rule, tta=tta, batch_size=batch_size)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, PanopticFPN
 from detectron2.modeling.meta_arch.semantic_seg import SemanticSegmentor
-from detectron2.structures import ImageList
+from detectron2.structures import ImageList, Instances
 
 from uwm_d2.modeling.postprocess import postprocess_soft, semantic_probabilities
 
@@ -121,16 +121,24 @@ class UWMPanopticFPN(PanopticFPN):
                 instances.pred_masks = instances.pred_masks >= 0.5
         return outputs
 
-    @torch.no_grad()
-    def soft_outputs(self, batched_inputs: Outputs) -> Outputs:
+    def raw_outputs(
+        self, batched_inputs: Outputs
+    ) -> tuple[list[tuple[int, int]], torch.Tensor, list[Instances]]:
+        """``(input sizes, semantic logits, detections)`` at the network input, before any
+        postprocessing (what :mod:`uwm_d2.export` traces)."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         logits, _ = self.sem_seg_head(features, None)
         proposals, _ = self.proposal_generator(images, features, None)
         detections, _ = self.roi_heads(images, features, proposals, None)
+        return images.image_sizes, logits, detections
+
+    @torch.no_grad()
+    def soft_outputs(self, batched_inputs: Outputs) -> Outputs:
+        image_sizes, logits, detections = self.raw_outputs(batched_inputs)
         outputs = []
         for logit, detection, item, image_size in zip(
-            logits, detections, batched_inputs, images.image_sizes, strict=True
+            logits, detections, batched_inputs, image_sizes, strict=True
         ):
             height, width = _output_size(item, image_size)
             outputs.append(

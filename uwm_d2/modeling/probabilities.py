@@ -1,9 +1,11 @@
 """One probability path for every model kind: soft outputs → per-class probability maps.
 
-:func:`class_probabilities` is the only place where a model's output becomes the ``(C, H, W)``
-maps that the merge rule cuts (:class:`uwm_d2.core.merge.MergeRule`); the evaluator, the
-submission predictor and the NIfTI predictor all call it, then average maps over flip TTA,
-checkpoints and model kinds before the one cut. :class:`SoftOutputs` makes any model of
+:func:`class_probabilities` is the only place where a PyTorch model's output becomes the
+``(C, H, W)`` maps that the merge rule (:class:`uwm_d2.core.merge.MergeRule`) cuts; it hands
+the arrays to the torch-free :func:`~uwm_d2.inference.soft_maps.class_maps`, which the
+exported-model predictor calls too. The evaluator, the submission predictor and the NIfTI
+predictor all call it, then average maps over flip TTA, checkpoints and model kinds before the
+one cut. :class:`SoftOutputs` makes any model of
 :mod:`uwm_d2.modeling` answer ``model(inputs)`` with its soft outputs, so detectron2's
 ``inference_on_dataset`` can drive it.
 """
@@ -17,6 +19,7 @@ import torch
 
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.merge import MergeRule
+from uwm_d2.inference.soft_maps import class_maps
 
 
 def class_probabilities(output: dict[str, Any], rule: MergeRule) -> np.ndarray:
@@ -33,23 +36,20 @@ def class_probabilities(output: dict[str, Any], rule: MergeRule) -> np.ndarray:
     Raises:
         ValueError: the output holds neither key.
     """
-    kinds: dict[str, np.ndarray] = {}
-    if "instances" in output:
-        instances = output["instances"].to("cpu")
-        if instances.has("pred_masks"):
-            kinds["instances"] = rule.instance_maps(
-                instances.pred_masks.numpy(),
-                instances.scores.numpy(),
-                instances.pred_classes.numpy(),
-                image_shape=instances.image_size,
-            )
-        else:
-            kinds["instances"] = np.zeros((rule.num_classes, *instances.image_size), np.float32)
-    if "sem_seg" in output:
-        kinds["semantic"] = output["sem_seg"].detach().to("cpu", torch.float32).numpy()
-    if not kinds:
+    if "instances" not in output and "sem_seg" not in output:
         raise ValueError(f"a model output needs 'instances' or 'sem_seg', got {sorted(output)}")
-    return rule.combine(**kinds)
+    instances, shape = None, None
+    if "instances" in output:
+        found = output["instances"].to("cpu")
+        shape = tuple(int(size) for size in found.image_size)
+        if found.has("pred_masks"):
+            instances = (found.pred_masks.numpy(), found.scores.numpy(), found.pred_classes.numpy())
+        else:  # boxes only: no mask, so no pixel of any class
+            instances = (np.zeros((0, *shape), np.float32), np.zeros(0), np.zeros(0, np.int64))
+    semantic = None
+    if "sem_seg" in output:
+        semantic = output["sem_seg"].detach().to("cpu", torch.float32).numpy()
+    return class_maps(rule, instances, semantic, image_shape=shape)
 
 
 def check_soft_model(model: torch.nn.Module, meta_architecture: str = "") -> None:
