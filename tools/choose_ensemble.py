@@ -12,8 +12,6 @@ the weights tried and every rule's scores under every reading.
 Examples:
     python tools/choose_ensemble.py --cv output/cv_semantic --cv output/cv_mask_rcnn \\
         --out output/ensemble_cv.yaml
-    python tools/infer_submit.py --ensemble output/ensemble_cv.yaml --data-root data/phantom \\
-        --tta --out output/ensemble_cv_submission.csv
 """
 
 from __future__ import annotations

@@ -14,18 +14,18 @@ checkpoints and the chosen rule, for infer_submit --ensemble). The folds come fr
 folder's manifest (UWM.COCO_DIR, or OUT/coco built once); KEY VALUE overrides apply to every fold.
 
 Examples:
-    # the demo's semantic config, 4 folds of the phantom, then a submission of the fold ensemble
+    # the demo's semantic config, every fold of the phantom's 4
     python tools/cross_validate.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-        --out output/cv_semantic UWM.DATA_ROOT data/phantom UWM.NUM_FOLDS 4
-    python tools/infer_submit.py --ensemble output/cv_semantic/ensemble.yaml \\
-        --data-root data/phantom --tta --out output/cv_submission.csv
+        --out output/cv_semantic UWM.DATA_ROOT data/phantom UWM.COCO_DIR data/phantom/coco \\
+        UWM.NUM_FOLDS 4
     # Mask R-CNN, each fold started from the same fold of the semantic run (backbone and FPN)
     python tools/cross_validate.py --config-file configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml \\
-        --out output/cv_mask_rcnn --init-from output/cv_semantic \\
-        UWM.DATA_ROOT data/phantom UWM.NUM_FOLDS 4
-    # continue after Ctrl-C or a failed fold; two folds only, no TTA
+        --out output/cv_mask_rcnn --init-from output/cv_semantic UWM.DATA_ROOT data/phantom \\
+        UWM.COCO_DIR data/phantom/coco UWM.NUM_FOLDS 4
+    # the same command again, after Ctrl-C or a failed fold: finished folds are skipped
     python tools/cross_validate.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-        --out output/cv_semantic --resume UWM.DATA_ROOT data/phantom UWM.NUM_FOLDS 4
+        --out output/cv_semantic --resume UWM.DATA_ROOT data/phantom \\
+        UWM.COCO_DIR data/phantom/coco UWM.NUM_FOLDS 4
 """
 
 from __future__ import annotations

@@ -28,23 +28,21 @@ truth:
                          (its private test.csv); no data root; --reading mlebench only (default).
 
 Examples:
-  # this project's reading (the default: --reading project may be left out), also to scores.json
+  # this project's reading (the default), the JSON also to output/scores.json
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --reading project --json scores.json
+      --pred output/submission.csv --json output/scores.json
   # the competition page's reading
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --reading competition
-  # MLE-bench's grader, the answers built from the truth CSV and the scans
-  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --reading mlebench
+      --pred output/submission.csv --reading competition
   # every reading side by side; the summary lines go to stderr, the JSON to the file
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --reading all > scores.json
+      --pred output/submission.csv --reading all > output/scores_all.json
   # per organ and case-day: volumes in mL, their difference, 3D Dice and HD95 (mm), as CSV
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred submission.csv --volumes volume_comparison.csv
-  # MLE-bench's grader with its own answers file (no data root needed)
-  python tools/evaluate.py --answers answers.csv --pred submission.csv --reading mlebench
+      --pred output/submission.csv --volumes output/volume_comparison.csv
+  # a cross-validation's out-of-fold predictions (the score its cv_summary.json reports)
+  python tools/evaluate.py --data-root data/phantom --truth output/cv_semantic/oof_truth.csv \\
+      --pred output/cv_semantic/oof_tuned.csv --reading all --json output/oof_scores.json
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ FILE exports every member of an ensemble file (uwm_d2/inference/ensemble.py has 
 --tta records flip TTA as the export's default. DIR must be new or empty.
 
 Examples:
+  # the fold ensemble of a cross-validation, with its chosen rule, for onnxruntime
+  python tools/export_model.py --ensemble output/cv_semantic/ensemble.yaml --format onnx \\
+      --out output/export_onnx
+  # one checkpoint as TorchScript
   python tools/export_model.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      --format onnx --out export/semantic MODEL.WEIGHTS output/semantic/model_best.pth
-  python tools/export_model.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml \\
-      --format torchscript --out export/mask_rcnn \\
-      MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth
-  python tools/export_model.py --ensemble ensemble.yaml --format onnx --tta --out export/ensemble
+      --format torchscript --out output/export_ts MODEL.WEIGHTS output/semantic/model_best.pth
 
 A checkpoint is code: export only checkpoints from a source you trust.
 """

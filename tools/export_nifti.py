@@ -15,10 +15,12 @@ label wins (stomach over small bowel over large bowel). --volumes CSV writes cas
 voxels, volume_ml (voxels * PX * PY * 3.0 / 1000) from the exact masks.
 
 Examples:
+  # the test split's predictions: scans, label maps, organ volumes in mL
+  python tools/export_nifti.py --data-root data/phantom --split test \\
+      --labels output/submission.csv --out output/nifti --volumes output/volumes.csv
+  # the training truth, with one exact mask file per class
   python tools/export_nifti.py --data-root data/phantom --labels data/phantom/train.csv \\
-      --out nifti/train --per-class --volumes nifti/train/volumes.csv
-  python tools/export_nifti.py --data-root data/phantom --labels submission.csv --split test \\
-      --case-day case2_day4 --out nifti/pred
+      --out output/nifti_truth --per-class
 """
 
 from __future__ import annotations

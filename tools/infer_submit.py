@@ -2,17 +2,17 @@
 """Predict the scans of a data root with trained checkpoints and write the competition's submission.
 
 Examples:
-    python tools/infer_submit.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml \\
-        --data-root /kaggle/input/uw-madison-gi-tract-image-segmentation --out submission.csv \\
-        MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth MODEL.DEVICE cuda
-    python tools/infer_submit.py --config-file configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml \\
-        --data-root demo_output/data --tta --out demo_output/submission.csv \\
-        MODEL.WEIGHTS demo_output/train/model_final.pth MODEL.DEVICE cpu
-
-    python tools/infer_submit.py --ensemble ensemble.yaml --data-root DATA --tta \\
-        --out submission.csv MODEL.DEVICE cuda
-    python tools/infer_submit.py --exported export/fold0 export/fold1 --data-root DATA --tta \
-        --out submission.csv
+    # one checkpoint, flip TTA
+    python tools/infer_submit.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
+        --data-root data/phantom --tta --out output/submission.csv \\
+        MODEL.WEIGHTS output/semantic/model_best.pth
+    # a cross-validation's fold ensemble and chosen rule; keep the test probabilities too
+    python tools/infer_submit.py --ensemble output/cv_semantic/ensemble.yaml \\
+        --data-root data/phantom --tta --out output/cv_submission.csv \\
+        --save-probabilities output/test_probabilities
+    # an exported model: needs only pip install "uwm_d2[deploy]" (no torch for ONNX)
+    python tools/infer_submit.py --exported output/export_onnx --data-root data/phantom \\
+        --out output/exported_submission.csv
 
 Rows follow the sample submission (default ROOT/sample_submission.csv; a sample with no rows gives a
 header-only file). Several comma-separated checkpoints in MODEL.WEIGHTS make an ensemble of one
@@ -47,17 +47,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rows to fill, in order (default: ROOT/sample_submission.csv if it exists)",
     )
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
+    parser.add_argument(
+        "--save-probabilities",
+        type=Path,
+        metavar="DIR",
+        help="also save each case-day's probability maps there (8-bit, docs/probabilities.md)",
+    )
     add_model_arguments(parser, exported=True)
     return parse_tool_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from uwm_d2.core.atomic import check_writable_target
+    from uwm_d2.core.atomic import check_output_folder, check_writable_target
     from uwm_d2.inference.submission import read_sample_submission
 
     # Cheap checks first, in a second, before torch and detectron2 load (several seconds).
     check_writable_target(args.out)
+    if args.save_probabilities is not None:
+        check_output_folder(args.save_probabilities)
     sample = args.sample_submission or args.data_root / "sample_submission.csv"
     if args.sample_submission is not None or sample.is_file():
         read_sample_submission(sample)
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         split=args.split,
         sample_submission=args.sample_submission,
+        probabilities=args.save_probabilities,
     )
     print(
         f"wrote {summary.path}: {summary.rows} rows ({summary.non_empty_rows} with a mask) for "

@@ -1,11 +1,10 @@
 """Build COCO JSON (all.json, train_fold{k}.json, val_fold{k}.json) from a competition data root.
 
 Examples:
-    # the phantom of `make demo`, 4 folds grouped by case
-    python tools/make_coco.py --data-root demo_output/data --out demo_output/coco --folds 4
-    # the competition's data, 5 folds, without the case-days whose labels are known to be wrong
-    python tools/make_coco.py --data-root /data/uw-madison-gi-tract-image-segmentation \\
-        --out /data/coco --folds 5 --exclude-bad
+    # 4 folds grouped by case, next to the data
+    python tools/make_coco.py --data-root data/phantom --out data/phantom/coco --folds 4
+    # without the case-days whose labels are known to be wrong (they are in the competition's data)
+    python tools/make_coco.py --data-root data/phantom --out data/coco_clean --folds 4 --exclude-bad
 
 Every training slice becomes one image (empty slices included); every 8-connected component of a
 class mask one annotation in COCO RLE (holes kept). Folds are grouped by case. The folder gets a

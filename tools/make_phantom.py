@@ -5,14 +5,11 @@ input, so nothing is left behind). The result is byte-identical for the same arg
 uwm_d2.phantom for what it holds.
 
 Examples:
-  # the demo's data root: 6 training cases, 2 unseen test cases (data/ is created if missing)
-  python tools/make_phantom.py --out data/phantom
-
-  # a tiny root for quick experiments: 8 slices per scan, rendered in this process
-  python tools/make_phantom.py --out /tmp/tiny --cases 2 --test-cases 1 --max-slices 8 --workers 1
-
+  # the README quick start's data root: 8 training cases, 2 unseen test patients, 40 slices a scan
+  python tools/make_phantom.py --out data/phantom --cases 8 --test-cases 2 --max-slices 40
   # another patient population: every case scanned on two days, seed 1
-  python tools/make_phantom.py --out data/phantom_seed1 --days 2 --seed 1
+  python tools/make_phantom.py --out data/phantom_seed1 --cases 8 --test-cases 2 --max-slices 40 \\
+      --days 2 --seed 1
 """
 
 from __future__ import annotations

@@ -16,12 +16,13 @@ Spacing: slices are resampled in-plane to UWM.PIXEL_SPACING_MM (1.5) when the he
 differs by more than 10%, and the probabilities back before the cut; slices are not resampled.
 
 Examples:
-  python tools/predict_nifti.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml \\
-      --input patient1.nii.gz --input patient2.nii.gz --out segmentations \\
-      MODEL.WEIGHTS fold0/model_best.pth,fold1/model_best.pth MODEL.DEVICE cuda
-  python tools/predict_nifti.py --ensemble ensemble.yaml --input scan.nii.gz --tta \\
-      --per-class --out segmentations MODEL.DEVICE cuda
-  python tools/predict_nifti.py --exported export/semantic --input scan.nii.gz --out seg
+  # every scan volume export_nifti wrote (their names end in the day's number)
+  python tools/predict_nifti.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
+      --input output/nifti/case*_day*[0-9].nii.gz --tta --out output/segmentations \\
+      MODEL.WEIGHTS output/semantic/model_best.pth
+  # an exported model, no torch for ONNX
+  python tools/predict_nifti.py --exported output/export_onnx \\
+      --input output/nifti/case*_day*[0-9].nii.gz --per-class --out output/segmentations_onnx
 
 --exported DIR [DIR ...] runs folders of tools/export_model.py instead (several = an ensemble),
 needing only pip install "uwm_d2[deploy]" (no torch for ONNX).
@@ -46,11 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = tool_parser(__doc__)
     parser.add_argument(
         "--input",
-        action="append",
+        action="extend",
+        nargs="+",
         required=True,
         type=Path,
         metavar="SCAN.nii.gz",
-        help="a 3D NIfTI MRI volume (repeat for more)",
+        help="3D NIfTI MRI volumes (several after one --input, or --input repeated)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(

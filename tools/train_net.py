@@ -26,14 +26,18 @@ common overrides (KEY VALUE, after every flag; all keys: docs/config.md):
   MODEL.WEIGHTS FILE       start from (or, with --eval-only, score) this checkpoint
 
 Examples:
+  # the demo's semantic model on fold 0 of 4 (about 4 minutes on 2 CPU cores)
   python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      UWM.DATA_ROOT demo_output/data OUTPUT_DIR out/semantic
+      UWM.DATA_ROOT data/phantom UWM.COCO_DIR data/phantom/coco UWM.NUM_FOLDS 4 \\
+      OUTPUT_DIR output/semantic
+  # the same run, continued to 400 iterations
+  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml --resume \\
+      UWM.DATA_ROOT data/phantom UWM.COCO_DIR data/phantom/coco UWM.NUM_FOLDS 4 \\
+      OUTPUT_DIR output/semantic SOLVER.MAX_ITER 400
+  # score its best checkpoint on its validation fold
   python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      --resume UWM.DATA_ROOT demo_output/data OUTPUT_DIR out/semantic SOLVER.MAX_ITER 600
-  python tools/train_net.py --config-file configs/demo/semantic_R_18_FPN_cpu_demo.yaml \\
-      --eval-only UWM.DATA_ROOT demo_output/data MODEL.WEIGHTS out/semantic/model_best.pth
-  python tools/train_net.py --config-file configs/mask_rcnn_R_50_FPN_3x_uwm.yaml --num-gpus 8 \\
-      UWM.DATA_ROOT /data/uwmgi UWM.COCO_DIR /data/coco UWM.FOLD 0 OUTPUT_DIR out/r50_f0
+      --eval-only UWM.DATA_ROOT data/phantom UWM.COCO_DIR data/phantom/coco UWM.NUM_FOLDS 4 \\
+      OUTPUT_DIR output/semantic_eval MODEL.WEIGHTS output/semantic/model_best.pth
 
 Flags (--resume, --eval-only, --num-gpus, ...) go BEFORE the KEY VALUE overrides: everything after
 the first override is read as overrides. With MODEL.DEVICE cpu, --num-gpus N starts N CPU

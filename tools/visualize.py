@@ -2,11 +2,11 @@
 """Draw truth and/or predicted masks over a case-day's scans, and plot training curves.
 
 Examples:
-    python tools/visualize.py --data-root data/phantom --case-day case2_day1 \\
-        --truth data/phantom/train.csv --out pictures/
-    python tools/visualize.py --data-root data/phantom --split test --case-day case7_day0 \\
-        --truth data/phantom/test_truth.csv --pred submission.csv --gif --out pictures/
-    python tools/visualize.py --metrics output/metrics.json --out pictures/
+    # truth (fill) and prediction (outline) of the test split's first case-day, and a GIF
+    python tools/visualize.py --data-root data/phantom --split test \\
+        --truth data/phantom/test_truth.csv --pred output/submission.csv --gif --out output/pictures
+    # training curves
+    python tools/visualize.py --metrics output/semantic/metrics.json --out output/pictures
 """
 
 from __future__ import annotations

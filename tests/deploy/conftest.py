@@ -9,9 +9,6 @@ Exports are made once per (kind, format) and shared: treat them as read-only.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,8 @@ import pytest
 pytest.importorskip("detectron2")
 pytest.importorskip("onnxruntime")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..conftest import REPO_ROOT, run_tool, tool_env  # noqa: F401 (shared with the tests)
+
 SEMANTIC = "configs/quick_schedules/semantic_R_18_FPN_instant_test.yaml"
 MASK_RCNN = "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_test.yaml"
 COMBINED = "configs/quick_schedules/panoptic_fpn_R_18_instant_test.yaml"
@@ -65,21 +63,6 @@ def write_case_day_nifti(data_root: Path, split: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(volume, affine), path)
     return path
-
-
-def tool_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **extra}
-
-
-def run_tool(tool: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, f"tools/{tool}.py", *args],
-        cwd=REPO_ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(autouse=True)

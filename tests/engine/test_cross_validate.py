@@ -18,13 +18,14 @@ import yaml
 
 pytest.importorskip("detectron2")
 
-from tests.conftest import INSTANT_CONFIGS, REPO_ROOT, tool_env
 from uwm_d2.core.merge import MergeRule
 from uwm_d2.core.probability_files import ProbabilityFolder
 from uwm_d2.crossval.plan import case_days_by_fold
 from uwm_d2.data.splits import fold_assignment
 from uwm_d2.evaluation.csv_scoring import score_csv
 from uwm_d2.inference.ensemble import override_rule, read_ensemble
+
+from ..conftest import INSTANT_CONFIGS, REPO_ROOT, tool_env
 
 CONFIG = str(REPO_ROOT / INSTANT_CONFIGS["semantic"])
 #: Small and quick: a checkpoint every 2 iterations (one to interrupt at), evaluations at 3 and 6.

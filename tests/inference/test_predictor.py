@@ -233,3 +233,31 @@ def test_every_batch_size_gives_the_same_submission(monkeypatch, cfg, phantom_ro
     assert set(model.calls) == {1}
     five = _run(monkeypatch, cfg, phantom_root, tmp_path / "five.csv", [BoxModel()], batch_size=5)
     assert one.path.read_text() == five.path.read_text()
+
+
+def test_saved_test_probabilities_are_the_maps_the_submission_was_cut_from(
+    cfg, phantom_root, tmp_path
+):
+    from uwm_d2.core.errors import UWMInputError
+    from uwm_d2.core.probability_files import ProbabilityFolder
+    from uwm_d2.core.rle import rle_encode
+
+    square = SemanticSquareModel(class_index=2, value=0.7)
+    predictor = VolumePredictor([EnsembleMember(cfg, [square])], tta=False)
+    saved, out = tmp_path / "probabilities", tmp_path / "sub.csv"
+    pipeline.predict_submission(predictor, phantom_root, out, progress=False, probabilities=saved)
+    folder = ProbabilityFolder(saved)
+    scans = index_scans(phantom_root, "test")
+    folder.check_coverage(sorted(set(scans["case_day"])))
+    assert not folder.tta and all(folder.fold_of(day) is None for day in folder.case_days)
+    rows = read_prediction_csv(out).set_index(["id", "class"])["predicted"]
+    for maps in folder:
+        masks = predictor.rule.volume_masks(maps.probabilities)
+        for depth, slice_id in enumerate(maps.slice_ids):
+            for class_index, name in enumerate(("large_bowel", "small_bowel", "stomach")):
+                assert rows[(slice_id, name)] == rle_encode(masks[depth, class_index])
+    assert rows.str.len().gt(0).any()
+    # Maps of other models (here: with TTA) never land in the same folder.
+    other = VolumePredictor([EnsembleMember(cfg, [square])], tta=True)
+    with pytest.raises(UWMInputError, match="made without flip TTA"):
+        pipeline.predict_submission(other, phantom_root, out, progress=False, probabilities=saved)

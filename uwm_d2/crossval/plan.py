@@ -59,7 +59,7 @@ def parse_folds(text: str, num_folds: int) -> list[int]:
             ) from None
         if not 0 <= fold < num_folds:
             raise UWMInputError(
-                f"--folds {text!r}: fold {fold} is out of range (the COCO folder holds folds 0 to "
+                f"--folds {text!r}: fold {fold} is out of range (UWM.NUM_FOLDS gives folds 0 to "
                 f"{num_folds - 1})"
             )
         if fold in folds:

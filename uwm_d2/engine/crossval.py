@@ -112,6 +112,8 @@ def prepare(
     check_num_processes(num_gpus, cfg.MODEL.DEVICE)
     data_root = check_data_root(cfg.UWM.DATA_ROOT, "UWM.DATA_ROOT")
     coco_dir = Path(cfg.UWM.COCO_DIR) if cfg.UWM.COCO_DIR else out / "coco"
+    # UWM.NUM_FOLDS must be the COCO folder's count (checked below): --folds fails before a build.
+    chosen = parse_folds(folds, cfg.UWM.NUM_FOLDS)
     with output_folder(out):  # a new --out is removed again if anything below refuses
         ensure_coco_files(coco_dir, data_root, cfg.UWM.NUM_FOLDS)
         num_folds = len(fold_numbers(coco_dir))
@@ -132,7 +134,7 @@ def prepare(
             out=out,
             cfg=cfg,
             coco_dir=coco_dir,
-            folds=parse_folds(folds, num_folds),
+            folds=chosen,
             case_days=case_days_by_fold(data_root, assignment, cfg.UWM.EXCLUDE_BAD),
             record=record,
             resume=resume,

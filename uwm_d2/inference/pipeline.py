@@ -8,6 +8,7 @@ and the submission is written atomically, so an interrupted run leaves no partia
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pandas as pd
 from uwm_d2.core.atomic import check_writable_target
 from uwm_d2.core.errors import UWMInputError
 from uwm_d2.core.layout_reader import index_scans
+from uwm_d2.core.probability_files import ProbabilityFolder, ProbabilityWriter, config_digest
 from uwm_d2.core.progress import Progress
 from uwm_d2.inference.submission import (
     build_submission,
@@ -51,6 +53,31 @@ def resolve_sample_submission(
     return read_sample_submission(default) if default.is_file() else None
 
 
+def predictor_digest(predictor: EnsemblePredictor) -> str:
+    """A digest of what a predictor runs: each member's config (or export) and weight, and the
+    rule; probability folders of different predictors are told apart by it (TTA is checked on
+    its own, with its own message)."""
+    members = [
+        {
+            "name": str(getattr(member, "name", "")),
+            "weight": float(getattr(member, "weight", 1.0)),
+            # A PyTorch member's whole config (its checkpoints too); an exported one's inputs.
+            "config": member.cfg.dump() if hasattr(member, "cfg") else repr(member.inputs),
+        }
+        for member in predictor.members
+    ]
+    text = json.dumps(
+        {
+            "members": members,
+            "exports": repr(getattr(predictor, "exports", "")),  # networks' checksums
+            "rule": predictor.rule.as_dict(),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return config_digest(text)
+
+
 def predict_submission(
     predictor: EnsemblePredictor,
     data_root: str | os.PathLike,
@@ -58,6 +85,7 @@ def predict_submission(
     split: str = "test",
     sample_submission: str | os.PathLike | None = None,
     progress: bool = True,
+    probabilities: str | os.PathLike | None = None,
 ) -> SubmissionSummary:
     """Predict every needed scan of ``data_root/split`` and write the submission to ``out``.
 
@@ -67,6 +95,12 @@ def predict_submission(
 
     Rows follow the sample submission exactly when there is one (a sample with no rows gives a
     header-only file); without one, every scan found gets its three class rows, sorted.
+
+    With ``probabilities``, each case-day's maps are also saved there, in the format of the
+    out-of-fold maps (:mod:`uwm_d2.core.probability_files`, ``fold`` null): the maps the
+    submission's masks were cut from, for ensembling or choosing a rule later. A folder made by
+    other models, or with TTA set otherwise, is refused; case-days already there are predicted
+    again only for the submission.
 
     Raises:
         UWMInputError: ``out`` cannot be written; a sample-submission id has no scan on disk;
@@ -97,6 +131,14 @@ def predict_submission(
         raise UWMInputError(f"no scans found under {str(root / split)!r}")
 
     groups = scan_records(root, scans)
+    writer = None
+    if probabilities is not None:
+        writer = ProbabilityWriter(
+            probabilities, predictor_digest(predictor), predictor.tta, source={"split": split}
+        )
+        ProbabilityFolder(probabilities).check(
+            scans={day: [r["slice_id"] for r in records] for day, records in groups.items()}
+        )
     encoded: dict[tuple[str, str], str] = {}
     with Progress(
         len(scans),
@@ -107,7 +149,11 @@ def predict_submission(
         group_total=len(groups),
     ) as bar:
         for records in groups.values():
-            masks = predictor.predict_case_day(records)
+            maps = predictor.predict_probabilities(records)
+            case_day = records[0]["case_day"]
+            if writer is not None and case_day not in writer.written:
+                writer.write(case_day, [record["slice_id"] for record in records], maps)
+            masks = predictor.rule.volume_masks(maps)
             encoded.update(
                 encode_class_masks(
                     {record["slice_id"]: mask for record, mask in zip(records, masks, strict=True)}
