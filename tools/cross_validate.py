@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers",
         type=int_at_least(1),
         default=None,
-        help="processes for the rule search (default: up to 2)",
+        help="processes for the rule search (default: 1 per 2,000 out-of-fold slices, up to 2)",
     )
     add_model_arguments(parser, ensemble=False, inference=False)
     return parse_tool_args(parser, argv)

@@ -18,6 +18,7 @@ built for fine-tuning), which for inference would silently run a half-random mod
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -29,6 +30,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from uwm_d2.core.atomic import atomic_path, atomic_write_text
 from uwm_d2.core.errors import UWMInputError
+
+_LOGGER = logging.getLogger(__name__)
 
 #: Periodic checkpoints are ``model_<iteration, 7 digits>.pth`` (detectron2's naming).
 _PERIODIC_RE = re.compile(r"model_(\d{7})\.pth")
@@ -153,7 +156,8 @@ class DataOnlyCheckpointer(AtomicCheckpointer):
         """One line for a partial load (fvcore lists every missing key: hundreds of lines when
         a Mask R-CNN starts from a semantic model's backbone)."""
         model_keys = list(self.model.state_dict())
-        self.logger.info(partial_load_summary(model_keys, incompatible))
+        # The project's logger: shown on the console too (fvcore's lines go to log.txt only).
+        _LOGGER.info(partial_load_summary(model_keys, incompatible))
 
     def read(self, path: str) -> dict[str, Any]:
         """The checkpoint's content as data, or a one-line ``UWMInputError`` saying why not."""

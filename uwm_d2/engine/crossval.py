@@ -284,6 +284,16 @@ def fold_facts(run: CrossValidation) -> dict[str, Any]:
     return facts
 
 
+#: Below this many out-of-fold slices the rule search runs in this process: starting a worker
+#: (numpy, SciPy, OpenCV) costs more than it saves on a small set.
+_SLICES_PER_SEARCH_WORKER = 2000
+
+
+def _search_workers(run: CrossValidation) -> int:
+    slices = sum(len(ids) for fold in run.case_days.values() for ids in fold.values())
+    return max(1, min(os.cpu_count() or 1, 2, slices // _SLICES_PER_SEARCH_WORKER))
+
+
 def cross_validate(
     config_file: str,
     opts: list[str],
@@ -322,5 +332,5 @@ def cross_validate(
         str(run.out / "config.yaml"),
         {fold: str(run.checkpoint(fold)) for fold in run.folds},
         extra,
-        workers=workers or min(2, os.cpu_count() or 1),
+        workers=workers or _search_workers(run),
     )
