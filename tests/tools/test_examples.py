@@ -296,3 +296,31 @@ def test_a_bad_fold_list_for_a_new_folder_leaves_no_folder(chain: Chain) -> None
     run = chain.run(first.replace("--out", "--folds 0,7 --out"))
     assert run.returncode == 2 and "fold 7 is out of range" in run.stderr
     assert not (chain.root / "output" / "new").exists()
+
+
+@pytest.mark.slow
+def test_the_chain_hands_each_tool_what_the_next_one_reads(chain: Chain) -> None:
+    """What the README quick start's commands (all of them examples) leave behind."""
+    import pandas as pd
+
+    from uwm_d2.core.probability_files import ProbabilityFolder
+
+    data, output = chain.root / "data" / "phantom", chain.root / "output"
+    sample = pd.read_csv(data / "sample_submission.csv", keep_default_na=False)
+    for name in ("submission.csv", "cv_submission.csv", "exported_submission.csv"):
+        rows = pd.read_csv(output / name, keep_default_na=False)
+        assert list(rows.columns) == ["id", "class", "predicted"]
+        assert rows[["id", "class"]].equals(sample[["id", "class"]]), name
+    scores = json.loads((output / "scores_all.json").read_text())
+    assert set(scores["readings"]) == {"project", "competition", "mlebench"}
+    assert 0.0 <= scores["score"] <= 1.0
+    # Trained, then resumed from its finished 6 iterations to 8, then scored by --eval-only.
+    assert (output / "semantic" / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert "Starting training from iteration 6" in (output / "semantic" / "log.txt").read_text()
+    assert (output / "semantic_eval" / "inference" / "uwm_results_uwm_val.json").is_file()
+    assert not (output / "semantic_eval" / "config.yaml").exists()
+    pictures = sorted(path.suffix for path in (output / "pictures").iterdir())
+    assert pictures == [".gif", ".png", ".png"]
+    assert any(path.name.endswith("_seg.nii.gz") for path in (output / "nifti").iterdir())
+    tested = ProbabilityFolder(output / "test_probabilities")
+    tested.check_coverage(sorted({i.rsplit("_slice_", 1)[0] for i in sample["id"]}))
