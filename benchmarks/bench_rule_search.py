@@ -73,17 +73,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--reading", default="project", help="reading searched")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data", type=Path, help="keep the synthetic files in this folder (reused when there)"
+    )
     args = parser.parse_args()
     count = FULL_CASE_DAYS if args.full else args.case_days
     scans = competition_like_scans(count, seed=args.seed)
     slices = sum(scan.depth for scan in scans)
     print(f"{count} case-days, {slices} slices, {args.workers} workers, reading {args.reading}")
     print(f"machine: {os.cpu_count()} CPUs seen")
-    root = Path(tempfile.mkdtemp(prefix="bench_rule_search_"))
+    root = args.data or Path(tempfile.mkdtemp(prefix="bench_rule_search_"))
     try:
         start = time.monotonic()
-        with Progress(slices, "write synthetic OOF maps") as progress:
-            oof, labels = write_synthetic(root, scans, seed=args.seed, progress=progress)
+        oof, labels = root / "oof", root / "train.csv"
+        if not labels.is_file():
+            with Progress(slices, "write synthetic OOF maps") as progress:
+                oof, labels = write_synthetic(root, scans, seed=args.seed, progress=progress)
         written = time.monotonic() - start
         disk = _disk(oof)
         assert len(ProbabilityFolder(oof).case_days) == count
@@ -97,7 +102,7 @@ def main() -> None:
         print()
         per_day = disk / count / 2**20
         print(f"disk used by the OOF files:  {disk / 2**20:8.1f} MB ({per_day:.2f} MB/case-day)")
-        print(f"writing them:                {written / 60:8.2f} min")
+        print(f"writing them (0 if reused):  {written / 60:8.2f} min")
         print(f"rule search (+ CV, report):  {searched / 60:8.2f} min")
         print(f"bootstrap report:            {reported / 60:8.2f} min")
         print(f"peak memory, main process:   {own:8.0f} MB")
@@ -114,7 +119,8 @@ def main() -> None:
             print(f"{label:>16}: {line}")
         print(f"chosen rule: {result.chosen.as_dict()}")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.data is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

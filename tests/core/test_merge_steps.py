@@ -212,3 +212,24 @@ class TestSettings:
         assert rule.binarize(maps)[:, 0, 0].tolist() == [True, True, False]
         with pytest.raises(ValueError, match="per-class cuts"):
             rule.binarize(np.zeros((2, 2), np.float32))
+
+
+def test_3d_steps_on_the_bounding_box_equal_labelling_the_whole_volume() -> None:
+    from scipy import ndimage
+
+    from uwm_d2.core.merge_steps import filter_components_3d
+
+    rng = np.random.default_rng(9)
+    for _ in range(10):
+        volume = np.zeros((9, 30, 28), dtype=bool)
+        volume[2:8, 5:20, 6:20] = rng.random((6, 15, 14)) < 0.3
+        labels, count = ndimage.label(volume, structure=np.ones((3, 3, 3)))
+        spans = [box[0].stop - box[0].start for box in ndimage.find_objects(labels)]
+        sizes = np.bincount(labels.ravel())[1:]
+        for k, largest in ((3, False), (1, True), (2, True)):
+            keep = np.array(spans) >= k
+            if largest and keep.any():
+                best = int(np.argmax(np.where(keep, sizes, -1)))
+                keep = np.arange(count) == best
+            expected = np.concatenate([[False], keep])[labels]
+            np.testing.assert_array_equal(filter_components_3d(volume, k, largest), expected)

@@ -143,7 +143,17 @@ class Components3D:
 
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = mask
-        self.labels, self.count = ndimage.label(mask, structure=_CUBE)
+        # Labelled inside the mask's bounding box only: the work follows the foreground's extent.
+        self.box = tuple(
+            slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0)
+            for hits in (
+                np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+                for axis in range(3)
+            )
+        )
+        if self.box[0].stop == 0:  # no foreground: a 1-voxel background box
+            self.box = (slice(0, 1),) * 3
+        self.labels, self.count = ndimage.label(mask[self.box], structure=_CUBE)
         boxes = ndimage.find_objects(self.labels)
         self.spans = np.array([box[0].stop - box[0].start for box in boxes], dtype=np.int64)
         self.sizes = np.bincount(self.labels.reshape(-1), minlength=self.count + 1)[1:]
@@ -154,11 +164,13 @@ class Components3D:
         if keep_largest and keep.any():
             sizes = np.where(keep, self.sizes, -1)
             keep = np.zeros_like(keep)
-            keep[int(np.argmax(sizes))] = True  # argmax: the first of equal sizes
+            keep[int(np.argmax(sizes))] = True  # argmax: the first of equal sizes (scan order)
         if keep.all():
             return self.mask
         table = np.concatenate([[False], keep])  # label 0 is the background, never kept
-        return table[self.labels]
+        filtered = np.zeros_like(self.mask, dtype=bool)
+        filtered[self.box] = table[self.labels]
+        return filtered
 
 
 def filter_components_3d(mask: np.ndarray, min_slices: int, keep_largest: bool) -> np.ndarray:

@@ -11,9 +11,9 @@ from the config's rule, over the steps of :mod:`uwm_d2.core.merge_steps`:
 4. ``components_3d``: smallest 3D span x keep-the-largest.
 
 Each stage tries the grid of :class:`SearchGrid` for its settings (plus the current values),
-the others held at their current values, and keeps the best; a second round repeats the stages
-(adding cuts 0.025 either side of the current one), skipping a stage when nothing changed since
-it last ran. For the
+the others held at their current values, and keeps the best; a second round repeats the stages,
+its cut stage trying only the cuts 0.025 either side of the current one (at the current
+smoothing), and skipping any other stage when nothing changed since it last ran. For the
 ``project`` and ``competition`` readings a class's score depends on that class's settings only
 (every class has as many Dice rows and Hausdorff volumes), so each class is chosen on its own
 score in the same pass. ``mlebench`` ORs the classes in its Hausdorff term: there each stage is
@@ -84,8 +84,11 @@ class SearchGrid:
         for name in settings:
             options = list(getattr(self, name))
             if name == "mask_threshold" and round_ > 0:
+                # A later round refines the cut around the current one at the current smoothing.
                 here = current.mask_threshold
-                options += [round(here + d, 6) for d in (-self.refine_step, self.refine_step)]
+                options = [round(here + d, 6) for d in (-self.refine_step, self.refine_step)]
+            elif name == "z_smoothing" and round_ > 0:
+                options = []
             options = [v for v in options if _valid(name, v)] + [getattr(current, name)]
             values.append(list(dict.fromkeys(options)))
         combos = [[]]
