@@ -377,6 +377,34 @@ def train_args(
     return args
 
 
+def cv_args(*flags: str, opts: tuple[str, ...] = ()) -> Callable[[Ctx], list[str]]:
+    def args(ctx: Ctx) -> list[str]:
+        result = ["--config-file", str(INSTANT_CONFIG), "--out", str(ctx.tmp / "cv")]
+        result += [flag.format(tmp=ctx.tmp) for flag in flags]
+        return [*result, "UWM.DATA_ROOT", str(ctx.root), "UWM.NUM_FOLDS", "2", *opts]
+
+    return args
+
+
+def choose_args(*folders: str) -> Callable[[Ctx], list[str]]:
+    def args(ctx: Ctx) -> list[str]:
+        cvs = [item for folder in folders for item in ("--cv", str(ctx.tmp / folder))]
+        return [*cvs, "--cv", str(ctx.tmp / "other"), "--out", str(ctx.tmp / "ensemble.yaml")]
+
+    return args
+
+
+def export_model_args(
+    weights: str = "{tmp}/weights.pth", out: str = "export", opts: tuple[str, ...] = ()
+) -> Callable[[Ctx], list[str]]:
+    def args(ctx: Ctx) -> list[str]:
+        config = REPO_ROOT / INSTANT_CONFIGS["semantic"]
+        result = ["--config-file", str(config), "--format", "onnx", "--out", str(ctx.tmp / out)]
+        return [*result, "MODEL.WEIGHTS", weights.format(tmp=ctx.tmp), *opts]
+
+    return args
+
+
 def with_answers(breaks: Callable[[Ctx], str]) -> Callable[[Ctx], str]:
     """``breaks``, after writing the answers file of the (intact) truth to tmp/answers.csv."""
 
@@ -695,12 +723,34 @@ CASES: dict[str, Case] = {
     "predict-out-under-a-file": Case(
         "predict_nifti", nifti_and_a_file, predict_args(out="a_file/out")
     ),
+    # cross_validate: --folds, the config, --init-from, all before a COCO build or a fold.
+    "cv-fold-out-of-range": Case(
+        "cross_validate", says("fold 5 is out of range"), cv_args("--folds", "5")
+    ),
+    "cv-unknown-config-key": Case("cross_validate", config_key, cv_args(opts=("FOO.BAR", "1"))),
+    "cv-init-from-not-a-cv": Case(
+        "cross_validate", says("is not a cross-validation folder"), cv_args("--init-from", "{tmp}")
+    ),
+    # choose_ensemble: the cross-validation folders.
+    "ensemble-not-a-cv": Case(
+        "choose_ensemble", says("is not a finished cross-validation"), choose_args("nothing_here")
+    ),
+    # export_model: the config, the checkpoint, the output folder.
+    "export-model-unknown-config-key": Case(
+        "export_model", config_key, export_model_args(opts=("FOO.BAR", "1"))
+    ),
+    "export-model-missing-checkpoint": Case(
+        "export_model", says("missing.pth"), export_model_args(weights="{tmp}/missing.pth")
+    ),
+    "export-model-out-under-a-file": Case(
+        "export_model", a_file, export_model_args(out="a_file/export")
+    ),
 }
 
 #: Files a run may leave in OUTPUT_DIR when it fails: none, since train_net checks everything it
 #: can (the checkpoint to evaluate included) before detectron2's setup writes config and log.
 ALLOWED_AFTER_SETUP: set[str] = set()
-_TORCH_TOOLS = ("train_net", "infer_submit")
+_TORCH_TOOLS = ("train_net", "infer_submit", "cross_validate", "export_model")
 #: Tools whose detectron2 log goes to stdout (setup_logger's default) once their model is built.
 _LOGS_TO_STDOUT = ("infer_submit",)
 

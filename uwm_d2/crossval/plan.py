@@ -170,6 +170,18 @@ def record_of(cfg: Any, config_file: str, assignment: Mapping[int, int], coco_di
     )
 
 
+def check_init_folder(init_dir: str | os.PathLike) -> Path:
+    """``init_dir`` is a cross-validation folder (checked before anything is built or written).
+
+    Raises:
+        UWMInputError: it is not.
+    """
+    init_dir = Path(init_dir)
+    if not (init_dir / RECORD).is_file():
+        raise UWMInputError(f"--init-from {str(init_dir)!r} is not a cross-validation folder")
+    return init_dir
+
+
 def init_checkpoints(
     init_dir: str | os.PathLike, folds: Sequence[int], coco_dir: str | os.PathLike
 ) -> dict[int, Path]:
@@ -183,9 +195,7 @@ def init_checkpoints(
         UWMInputError: ``init_dir`` is not a cross-validation folder, lacks a fold or its
             checkpoint, or its fold ``k`` trained on a case of this fold ``k``'s validation.
     """
-    init_dir = Path(init_dir)
-    if not (init_dir / RECORD).is_file():
-        raise UWMInputError(f"--init-from {str(init_dir)!r} is not a cross-validation folder")
+    init_dir = check_init_folder(init_dir)
     found: dict[int, Path] = {}
     for fold in folds:
         folder = init_dir / f"fold{fold}"

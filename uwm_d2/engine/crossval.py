@@ -35,6 +35,7 @@ from uwm_d2.core.progress import Progress
 from uwm_d2.crossval.plan import (
     CrossValRecord,
     case_days_by_fold,
+    check_init_folder,
     config_digest,
     init_checkpoints,
     parse_folds,
@@ -114,6 +115,8 @@ def prepare(
     coco_dir = Path(cfg.UWM.COCO_DIR) if cfg.UWM.COCO_DIR else out / "coco"
     # UWM.NUM_FOLDS must be the COCO folder's count (checked below): --folds fails before a build.
     chosen = parse_folds(folds, cfg.UWM.NUM_FOLDS)
+    if init_from is not None:
+        check_init_folder(init_from)
     with output_folder(out):  # a new --out is removed again if anything below refuses
         ensure_coco_files(coco_dir, data_root, cfg.UWM.NUM_FOLDS)
         num_folds = len(fold_numbers(coco_dir))
