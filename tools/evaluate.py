@@ -28,12 +28,16 @@ truth:
                          (its private test.csv); no data root; --reading mlebench only (default).
 
 Examples:
-  # this project's reading (the default), the JSON also to output/scores.json
+  # this project's reading (the default: --reading project may be left out), JSON to a file too
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
-      --pred output/submission.csv --json output/scores.json
+      --pred output/submission.csv --reading project --json output/scores.json
   # the competition page's reading
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
       --pred output/submission.csv --reading competition
+  # MLE-bench's grader, the answers built from the truth CSV and the scans (with its own
+  # answers file instead: --answers answers.csv, no data root)
+  python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
+      --pred output/submission.csv --reading mlebench
   # every reading side by side; the summary lines go to stderr, the JSON to the file
   python tools/evaluate.py --data-root data/phantom --truth data/phantom/test_truth.csv \\
       --pred output/submission.csv --reading all > output/scores_all.json
