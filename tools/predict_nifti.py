@@ -32,6 +32,7 @@ A checkpoint is code: load only checkpoints from a source you trust.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from uwm_d2.cli import (
@@ -41,6 +42,8 @@ from uwm_d2.cli import (
     run_main,
     tool_parser,
 )
+
+CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         required=True,
         type=Path,
         metavar="SCAN.nii.gz",
-        help="3D NIfTI MRI volumes (several after one --input, or --input repeated)",
+        help=(
+            "3D NIfTI MRI volumes (several after one --input, or --input repeated; KEY VALUE "
+            "overrides may follow them: the first config key starts the overrides)"
+        ),
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
@@ -64,7 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="turn the volume to LPS axes by its affine before predicting (and back after)",
     )
     add_model_arguments(parser, exported=True)
-    return parse_tool_args(parser, argv)
+    args = parse_tool_args(parser, argv)
+    # --input takes every word after it, so overrides right after the volumes land there: the
+    # first word that reads as a config key (MODEL.WEIGHTS) starts the overrides.
+    for index, word in enumerate(map(str, args.input)):
+        if CONFIG_KEY.fullmatch(word):
+            args.opts = [*map(str, args.input[index:]), *args.opts]
+            args.input = args.input[:index]
+            break
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,22 @@ def _data(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(str(path)).dataobj)
 
 
+def test_predict_nifti_overrides_after_inputs() -> None:
+    """--input takes every word after it; the first config key there starts the overrides."""
+    parse_args = _load_tool("predict_nifti").parse_args
+    model = ["--config-file", "c.yaml", "--out", "o"]
+    args = parse_args([*model, "--input", "a.nii", "b.nii", "MODEL.WEIGHTS", "w.pth", "X.Y", "1"])
+    assert (args.input, args.opts) == (
+        [Path("a.nii"), Path("b.nii")],
+        ["MODEL.WEIGHTS", "w.pth", "X.Y", "1"],
+    )
+    args = parse_args(["--input", "a.nii", *model, "MODEL.WEIGHTS", "w.pth"])
+    assert (args.input, args.opts) == ([Path("a.nii")], ["MODEL.WEIGHTS", "w.pth"])
+    # A volume whose name merely contains capitals and dots stays an input.
+    args = parse_args([*model, "--input", "Case1.Day2.nii.gz"])
+    assert (args.input, args.opts) == ([Path("Case1.Day2.nii.gz")], [])
+
+
 def test_export_nifti_tool(phantom_root: Path, tmp_path: Path, capsys) -> None:
     case_day = index_scans(phantom_root, "test")["case_day"].iloc[0]
     out = tmp_path / "new" / "out"
