@@ -33,6 +33,7 @@ import yaml
 
 from uwm_d2.core.errors import UWMInputError, one_line
 from uwm_d2.core.merge import CFG_KEYS, MergeRule, MergeRuleError
+from uwm_d2.core.weights import split_weights
 
 #: The keys of a ``merge:`` section and the ``MergeRule`` fields they set: the ``UWM.EVAL`` keys
 #: of the rule. A per-class setting (``MASK_THRESHOLD`` too, here) takes one value for every
@@ -87,16 +88,14 @@ def _member(path: Path, index: int, entry: Any) -> dict[str, Any]:
     if not entry.get("config") or not entry.get("weights"):
         raise UWMInputError(f"{where}: needs both 'config' and 'weights'")
     weights = entry["weights"]
-    if isinstance(weights, str):
-        weights = weights.split(",")
-    if not isinstance(weights, list) or not all(isinstance(w, str) for w in weights):
+    if not isinstance(weights, str | list) or not all(isinstance(w, str) for w in weights):
         raise UWMInputError(f"{where}: 'weights' must be a path or a list of paths")
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
         raise UWMInputError(f"{where}: 'weight' must be a positive number, got {weight!r}")
     return {
         "config": str(entry["config"]),
-        "weights": [w.strip() for w in weights if w.strip()],
+        "weights": split_weights(weights, required=False),
         "weight": float(weight),
     }
 
