@@ -13,10 +13,15 @@
 * writes ``cv_summary.json`` and ``ensemble.yaml`` (the fold checkpoints as one member, the chosen
   rule as its ``merge:`` section: ready for ``infer_submit --ensemble``);
 * returns the table the tool prints.
+
+A summary made from the same inputs (:func:`inputs_digest`: the out-of-fold files' bytes, the
+labels' bytes, the rule, reading, checkpoints and fold facts, the project version) is kept, not
+searched again: rerunning a finished cross-validation is instant.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -25,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from uwm_d2 import __version__
 from uwm_d2.core.atomic import atomic_write_text
 from uwm_d2.core.ids import CLASSES
 from uwm_d2.core.merge import MergeRule, merge_section
@@ -79,6 +85,45 @@ def table_lines(report: Mapping[str, Any], reading: str, folds: Sequence[int]) -
     return lines
 
 
+#: Everything a summary is made from, beside the out-of-fold maps and the labels: a summary
+#: whose inputs are unchanged is kept (a rerun of a finished cross-validation is instant).
+_OUTPUTS = ("cv_summary.json", "oof_truth.csv", "oof_default.csv", "oof_tuned.csv", "ensemble.yaml")
+
+
+def inputs_digest(
+    oof_dir: str | os.PathLike, labels: str | os.PathLike, settings: Mapping[str, Any]
+) -> str:
+    """A hash of what a summary is computed from: the bytes of every out-of-fold file, the
+    labels' bytes and ``settings`` (rule, reading, checkpoints, folds; JSON-serializable)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    oof_dir = Path(oof_dir)
+    files = [(str(p.relative_to(oof_dir)), p) for p in sorted(oof_dir.rglob("*")) if p.is_file()]
+    for name, path in [*files, ("labels", Path(labels))]:
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _kept_table(out: Path, digest: str, reading: str) -> list[str] | None:
+    """The table of the summary in ``out`` if it was made from the same inputs, else None."""
+    if not all((out / name).is_file() for name in _OUTPUTS):
+        return None
+    try:
+        summary = json.loads((out / "cv_summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("inputs_digest") != digest:
+        return None
+    folds = sorted(int(k) for k in summary["scores"]["default"][reading]["folds"])
+    return [
+        "nothing changed since the summary was written (same out-of-fold maps, labels and "
+        "settings): kept it (delete cv_summary.json to search again)",
+        *table_lines(summary["scores"], reading, folds),
+    ]
+
+
 def report_cross_validation(
     out: str | os.PathLike,
     oof_dir: str | os.PathLike,
@@ -104,6 +149,18 @@ def report_cross_validation(
         workers: processes for the passes over the case-days.
     """
     out = Path(out)
+    settings = {
+        "default": default.as_dict(),
+        "reading": reading,
+        "config_file": str(config_file),
+        "checkpoints": {str(k): str(v) for k, v in checkpoints.items()},
+        "extra": extra,
+        "version": __version__,
+    }
+    digest = inputs_digest(oof_dir, labels, settings)
+    kept = _kept_table(out, digest, reading)
+    if kept is not None:
+        return kept
     result: SearchResult = search_rule([str(oof_dir)], str(labels), default, reading, None, workers)
     report = oof_report(result.tallies, result.folds)
     source = OofSource.open([str(oof_dir)])
@@ -114,6 +171,7 @@ def report_cross_validation(
     folds = sorted(k for k in set(result.folds.values()) if k is not None)
     summary = {
         **extra,
+        "inputs_digest": digest,
         "reading_searched": reading,
         "case_days": len(result.folds),
         "slices": len(truth) // len(CLASSES),
