@@ -5,7 +5,7 @@ make_phantom, make_coco, train_net, cross_validate (interrupted, refused without
 continued; then Mask R-CNN from its folds), choose_ensemble, export_model, infer_submit, evaluate,
 visualize, export_nifti, predict_nifti. They run with bash in a scratch folder that links this
 checkout's ``tools/`` and ``configs/``, after the README test's documented substitutions that
-shrink them to seconds: a tiny phantom, the instant configs instead of the demo configs, 2 folds
+shrink them to seconds: a tiny phantom, the instant configs instead of the demo configs, 3 folds
 instead of 4, fewer iterations. Every example must exit 0 without a traceback (one is meant to be
 refused: the interrupted cross-validation rerun without --resume).
 
@@ -51,8 +51,8 @@ CHAIN = (
 #: Example text → what runs instead: the README test's sizes (tests/test_readme.py).
 SMALLER = {
     "--cases 8 --test-cases 2 --max-slices 40": "--cases 3 --test-cases 1 --max-slices 8",
-    "--folds 4": "--folds 2",
-    "UWM.NUM_FOLDS 4": "UWM.NUM_FOLDS 2",
+    "--folds 4": "--folds 3",
+    "UWM.NUM_FOLDS 4": "UWM.NUM_FOLDS 3",
     "configs/demo/semantic_R_18_FPN_cpu_demo.yaml": INSTANT_CONFIGS["semantic"],
     "configs/demo/mask_rcnn_R_18_FPN_cpu_demo.yaml": INSTANT_CONFIGS["mask_rcnn"],
     "SOLVER.MAX_ITER 400": "SOLVER.MAX_ITER 8",
@@ -139,8 +139,9 @@ def _run_cross_validation(chain: Chain) -> None:
     chain.snapshots["refused"] = _snapshot(cv)
     chain.runs[("cross_validate", 2)] = chain.run(resume)
     chain.runs[("cross_validate", 1)] = chain.run(init_from)
-    chain.snapshots["folds"] = {k: _snapshot(cv / f"fold{k}") for k in (0, 1)}
+    chain.snapshots["folds"] = {k: _snapshot(cv / f"fold{k}") for k in (0, 1, 2)}
     chain.snapshots["oof"] = _snapshot(cv / "oof")
+    chain.snapshots["cv"] = _snapshot(cv)
     chain.runs[("cross_validate", 0)] = chain.run(first)  # all finished: skipped
 
 
@@ -198,10 +199,14 @@ def test_an_interrupted_fold_is_refused_without_resume_then_continued(chain: Cha
 def test_a_rerun_skips_the_finished_folds_and_keeps_their_files(chain: Chain) -> None:
     cv = chain.root / "output" / "cv_semantic"
     again = chain.runs[("cross_validate", 0)].stdout
-    for fold in (0, 1):
+    for fold in (0, 1, 2):
         assert f"fold {fold}: finished (iteration 6), skipped" in again
         assert _snapshot(cv / f"fold{fold}") == chain.snapshots["folds"][fold]
     assert _snapshot(cv / "oof") == chain.snapshots["oof"]
+    # Nothing the summary is made from changed: it is kept, not searched again.
+    assert "nothing changed since the summary was written" in again
+    assert _snapshot(cv) == chain.snapshots["cv"]
+    assert "config's rule" in again and "chosen, cross-validated" in again  # the table again
 
 
 @pytest.mark.slow
@@ -236,7 +241,7 @@ def test_the_summary_is_the_score_of_the_files_it_writes(chain: Chain) -> None:
     assert evaluated["score"] == pytest.approx(scores["chosen"]["project"]["all"]["score"])
     project = {label: scores[label]["project"]["all"]["score"] for label in scores}
     assert project["chosen"] >= project["default"]  # the config's rule is among the candidates
-    assert set(scores["default"]["project"]["folds"]) == {"0", "1"}
+    assert set(scores["default"]["project"]["folds"]) == {"0", "1", "2"}
     interval = scores["chosen"]["project"]["all"]
     assert interval["low"] <= interval["score"] <= interval["high"]
 
@@ -253,7 +258,7 @@ def test_the_chosen_rule_written_and_read_back_is_the_same_rule(chain: Chain) ->
     assert override_rule(MergeRule(), merge) == chosen
     (member,) = members
     assert member["config"] == str(Path("output/cv_semantic/config.yaml"))
-    assert member["weights"] == [f"output/cv_semantic/fold{k}/model_best.pth" for k in (0, 1)]
+    assert member["weights"] == [f"output/cv_semantic/fold{k}/model_best.pth" for k in (0, 1, 2)]
 
 
 @pytest.mark.slow
@@ -267,11 +272,11 @@ def test_mask_rcnn_folds_start_from_the_semantic_folds(chain: Chain) -> None:
 @pytest.mark.parametrize(
     ("flags", "opts", "expected"),
     [
-        pytest.param("--folds 2", "", "fold 2 is out of range", id="fold-out-of-range"),
+        pytest.param("--folds 3", "", "fold 3 is out of range", id="fold-out-of-range"),
         pytest.param("--folds 0,0", "", "fold 0 is given twice", id="fold-twice"),
         pytest.param("", "SOLVER.BASE_LR 0.001", "another config", id="other-config"),
         pytest.param("--no-tta", "", "flip TTA set otherwise", id="other-tta"),
-        pytest.param("", "UWM.NUM_FOLDS 3", "holds 2 folds", id="other-num-folds"),
+        pytest.param("", "UWM.NUM_FOLDS 2", "holds 3 folds", id="other-num-folds"),
         pytest.param("--init-from output", "", "not a cross-validation folder", id="bad-init"),
     ],
 )
