@@ -8,6 +8,11 @@ PYTHON_VERSION ?=
 LEAVE_OUT ?=
 WHEELHOUSE ?= $(if $(PYTHON_VERSION),wheelhouse-cp$(subst .,,$(PYTHON_VERSION)),wheelhouse)
 D2_TESTS ?=
+# The suite runs one test file per worker, a worker per core (TEST_WORKERS=1: one process, in
+# order). Files, not tests, are the unit: a file's module fixtures (a training its tests share)
+# are built once.
+TEST_WORKERS ?= auto
+PYTEST_WORKERS := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: help install lint format test test-fast test-detectron2 wheelhouse demo bench clean
 
@@ -37,10 +42,10 @@ format: install  ## apply ruff's formatting and safe fixes
 	$(PY) -m ruff format .
 
 test: install lint wheelhouse  ## the whole test suite (lint included; builds the wheelhouse it tests)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: install  ## the edit-test loop: every test but those marked slow (trainings, installs)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 test-detectron2: install  ## detectron2 v0.6's own CPU tests from D2_TESTS=<v0.6 checkout>/tests
 	D2_TESTS="$(D2_TESTS)" $(PY) scripts/test_detectron2.py

