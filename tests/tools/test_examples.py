@@ -107,8 +107,9 @@ class Chain:
             timeout=900,
         )
 
-    def interrupt(self, command: str, until: Path) -> None:
-        """Start ``command``, kill it (and its children) once ``until`` exists."""
+    def interrupt(self, command: str, until: Path, holding: str = "") -> None:
+        """Start ``command``, kill it (and its children) once ``until`` exists and holds
+        ``holding``."""
         process = subprocess.Popen(
             ["bash", "-c", smaller(command)],
             cwd=self.root,
@@ -119,7 +120,7 @@ class Chain:
         )
         deadline = time.monotonic() + 600
         try:
-            while not until.exists():
+            while not (until.exists() and holding in until.read_text()):
                 assert process.poll() is None, f"{command} ended before it was interrupted"
                 assert time.monotonic() < deadline, f"no {until} in time"
                 time.sleep(0.05)
@@ -133,7 +134,9 @@ def _run_cross_validation(chain: Chain) -> None:
     rerun (refused: no --resume), the third (--resume) continues it, then the second."""
     first, init_from, resume = examples("cross_validate")
     cv = chain.root / "output" / "cv_semantic"
-    chain.interrupt(first, cv / "fold0" / "model_0000002.pth")
+    # Killed once the mid-run checkpoint is recorded: killed between writing the checkpoint
+    # and recording it, the fold would have nothing to resume from (and start over).
+    chain.interrupt(first, cv / "fold0" / "last_checkpoint", "model_0000002.pth")
     chain.snapshots["killed"] = _snapshot(cv)
     chain.refused = chain.run(first)
     chain.snapshots["refused"] = _snapshot(cv)
