@@ -80,6 +80,28 @@ TINY_PHANTOM: dict[str, Any] = {
 }
 
 
+#: The longest test files (the help examples' chain, the bad-input table, two-process trainings,
+#: exports) start first: make test runs files on parallel workers, and a long file that starts
+#: last runs alone at the end while the other workers sit idle.
+LONGEST_FIRST = (
+    "tools/test_examples.py",
+    "tools/test_bad_input.py",
+    "engine/test_distributed.py",
+    "deploy/test_export.py",
+    "engine/test_run_folder.py",
+    "engine/test_trainer.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        parts = item.path.parts[-2:]  # "<folder>/<file>", as the list names them
+        name = "/".join(parts)
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the rest is kept
+
+
 @pytest.fixture(scope="session")
 def tiny_phantom_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     from uwm_d2.phantom import make_phantom
