@@ -22,8 +22,9 @@ if [[ ! -d "$DATA" ]]; then
 fi
 
 # Score an ensemble file on the test split: the file's own rule, and the config's rule.
-score() {  # NAME ENSEMBLE
+score() {  # NAME ENSEMBLE (skipped when its score is there: a rerun resumes)
     local name="$1" ensemble="$2"
+    [[ -f "$OUT/$name.json" ]] && return
     "$PY" tools/infer_submit.py --ensemble "$ensemble" --data-root "$DATA" --tta \
         --out "$OUT/$name.csv"
     "$PY" tools/evaluate.py --data-root "$DATA" --truth "$DATA/test_truth.csv" \
@@ -55,7 +56,7 @@ for kind in sem mrc mrc_init; do
 done
 
 stamp "one semantic model on every training case, 4 x 300 iterations"
-/usr/bin/time -v -o "$OUT/all.time" "$PY" tools/train_net.py --config-file "$SEM" "${COMMON[@]}" \
+[[ -f "$OUT/all/model_final.pth" ]] || /usr/bin/time -v -o "$OUT/all.time" "$PY" tools/train_net.py --config-file "$SEM" "${COMMON[@]}" \
     OUTPUT_DIR "$OUT/all" DATASETS.TRAIN '("uwm_all",)' SOLVER.MAX_ITER 1200 \
     SOLVER.CHECKPOINT_PERIOD 600 TEST.EVAL_PERIOD 0 > "$OUT/all.log" 2>&1
 for rule in default tuned; do
