@@ -355,6 +355,9 @@ def test_ctrl_c_says_how_to_continue(instant_data: tuple[Path, Path], tmp_path: 
         ],
         cwd=REPO_ROOT, env=tool_env(OMP_NUM_THREADS="1"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A test run started in the background (``cmd &`` in a script) ignores SIGINT, and a
+        # child inherits that: Python then never raises KeyboardInterrupt and training goes on.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not (out / "model_0000002.pth").exists():  # training is under way
